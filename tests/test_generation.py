@@ -1,0 +1,96 @@
+"""Our decoding loop against plain HF greedy decoding, with and without cache, both backends."""
+
+import pytest
+import torch
+
+from tl_truth.generation import GenerationConfig, decode_state, generate_ids
+from tl_truth.models import backend_of
+
+pytestmark = pytest.mark.backend
+
+PROMPTS = [[0, 5, 9, 13], [0, 7], [0, 20, 21, 22, 23, 24, 25], [0, 3, 3, 3, 3]]
+
+
+def hf_greedy(hf, prompt, n, stops):
+    ids = torch.tensor([prompt])
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(hf(ids).logits[0, -1].argmax())
+            if nxt in stops:
+                break
+            out.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    return out
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "nocache"])
+def test_greedy_matches_hf_left_padded_batch(tiny, use_cache):
+    from tiny import tiny_hf
+
+    hf, tok = tiny_hf(tiny._tl_truth_name.removeprefix("tiny-"))
+    cfg = GenerationConfig(max_new_tokens=12, batch_size=4, use_cache=use_cache)
+    got = generate_ids(tiny, PROMPTS, cfg, progress=False)
+    for prompt, samples in zip(PROMPTS, got):
+        ref = hf_greedy(hf, prompt, 12, {tok.eos_token_id})
+        assert samples[0]["answer_token_ids"] == ref
+        assert len(samples[0]["token_logprobs"]) == len(ref)
+        assert all(lp <= 0 for lp in samples[0]["token_logprobs"])
+
+
+def test_logprobs_match_forward(tiny):
+    cfg = GenerationConfig(max_new_tokens=6, batch_size=4)
+    got = generate_ids(tiny, PROMPTS, cfg, progress=False)
+    for prompt, samples in zip(PROMPTS, got):
+        ans = samples[0]["answer_token_ids"]
+        if not ans:
+            continue
+        with torch.no_grad():
+            logits = tiny(torch.tensor([prompt + ans]))[0].float()
+        logp = torch.log_softmax(logits, -1)
+        ref = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(ans)]
+        assert samples[0]["token_logprobs"] == pytest.approx(ref, abs=1e-4)
+
+
+def test_sampling_is_seeded_and_k_rows(tiny):
+    cfg = GenerationConfig(max_new_tokens=5, temperature=1.0, num_samples=3, seed=7)
+    a = generate_ids(tiny, PROMPTS[:2], cfg, progress=False)
+    b = generate_ids(tiny, PROMPTS[:2], cfg, progress=False)
+    assert [len(x) for x in a] == [3, 3]
+    assert a == b
+    c = generate_ids(tiny, PROMPTS[:2], GenerationConfig(5, 1.0, 3, seed=8), progress=False)
+    assert a != c
+
+
+def test_sampling_needs_temperature(tiny):
+    with pytest.raises(ValueError, match="temperature"):
+        generate_ids(tiny, PROMPTS, GenerationConfig(num_samples=2), progress=False)
+
+
+def test_decode_state_gives_absolute_positions(tiny):
+    """A hook sees the same absolute positions with and without the cache."""
+    seen = {True: [], False: []}
+
+    def record(use_cache):
+        def hook(act, hook):
+            st = decode_state()
+            seen[use_cache].append(st.absolute_positions(act.shape[1])[:, -1].tolist())
+            return act
+
+        return hook
+
+    for use_cache in (True, False):
+        with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_post", record(use_cache))]):
+            generate_ids(tiny, PROMPTS, GenerationConfig(4, batch_size=4, use_cache=use_cache),
+                         progress=False)
+    assert seen[True] == seen[False]
+    # the prompt pass ends at each row's last prompt token, whatever its padding
+    first = seen[True][0]
+    lengths = sorted(len(p) for p in PROMPTS)
+    assert first == [n - 1 for n in lengths]
+
+
+def test_backend_detection(tiny):
+    assert backend_of(tiny) in ("bridge", "hooked")
+    with pytest.raises(TypeError, match="HookedTransformer or TransformerBridge"):
+        backend_of(torch.nn.Linear(2, 2))

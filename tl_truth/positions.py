@@ -1,0 +1,143 @@
+"""Positions: from a character span in the answer text to token positions the hooks will see.
+
+Coordinates are those of the full unpadded sequence `prompt_token_ids + answer_token_ids`
+(BOS and chat-template tokens included). `to_padded` moves them into a padded batch.
+
+Token character offsets come from incremental decoding of the answer ids (the text *is* the
+decode of those ids), which is exact for every tokenizer, including byte-level BPE where one
+character spans several tokens: such partial tokens add no characters until the token that
+completes the character, and a span always includes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+# The positions of Orgad et al. 2024 (Fig. 2): last question token, first answer token, the
+# exact-answer tokens and their neighbours, and the last eight generated tokens.
+NAMED_POSITIONS: tuple[str, ...] = (
+    "last_prompt",
+    "first_answer",
+    "before_exact",
+    "exact_first",
+    "exact_last",
+    "after_exact",
+    "last_generated",
+    *(f"{-k}" for k in range(1, 9)),
+)
+EXACT_POSITIONS = ("before_exact", "exact_first", "exact_last", "after_exact")
+
+PositionFn = Callable[[dict], "int | None"]
+
+
+def token_char_ends(tokenizer: Any, answer_ids: Sequence[int]) -> list[int]:
+    """End character offset (in `decode(answer_ids)`) of each answer token."""
+    full = tokenizer.decode(list(answer_ids), clean_up_tokenization_spaces=False)
+    ends: list[int] = []
+    prev = 0
+    for i in range(1, len(answer_ids) + 1):
+        prefix = tokenizer.decode(list(answer_ids[:i]), clean_up_tokenization_spaces=False)
+        # A prefix that is not a prefix of the full text ends in an incomplete character
+        # (U+FFFD): the token contributes no characters yet.
+        end = len(prefix) if full.startswith(prefix) else prev
+        end = max(prev, min(end, len(full)))
+        ends.append(end)
+        prev = end
+    if ends and ends[-1] != len(full):
+        ends[-1] = len(full)
+    return ends
+
+
+def char_to_token_span(ends: Sequence[int], char_span: tuple[int, int]) -> tuple[int, int]:
+    """Minimal [start, end) token span (answer-relative) whose decode covers the char span."""
+    s, e = char_span
+    if not (0 <= s < e) or not ends or e > ends[-1]:
+        raise ValueError(f"char span {char_span} outside answer of length {ends[-1] if ends else 0}")
+    starts = [0, *ends[:-1]]
+    first = next(i for i, end in enumerate(ends) if end > s)
+    # Tokens before `first` that add no characters yet are the leading bytes of the first
+    # character: they belong to the span.
+    while first > 0 and starts[first - 1] == ends[first - 1] == s:
+        first -= 1
+    last = next(i for i, end in enumerate(ends) if end >= e)
+    return first, last + 1
+
+
+def exact_answer_token_span(
+    tokenizer: Any, prompt_len: int, answer_ids: Sequence[int], char_span: tuple[int, int] | None
+) -> tuple[int, int] | None:
+    """Exact-answer token span in full-sequence coordinates, or None when there is no span."""
+    if char_span is None:
+        return None
+    s, e = char_to_token_span(token_char_ends(tokenizer, answer_ids), char_span)
+    return prompt_len + s, prompt_len + e
+
+
+def resolve_position(
+    name: str | PositionFn,
+    record: dict,
+) -> int | None:
+    """Full-sequence index of a named position for one example, None if it does not exist.
+
+    `record` needs `prompt_token_ids`, `answer_token_ids` and `exact_answer_token_span`
+    (the generations.jsonl fields); a callable gets the record and returns an index or None.
+    """
+    n_prompt = len(record["prompt_token_ids"])
+    n_total = n_prompt + len(record["answer_token_ids"])
+    if callable(name):
+        pos = name(record)
+        return pos if pos is not None and 0 <= pos < n_total else None
+    span = record.get("exact_answer_token_span")
+    if name == "last_prompt":
+        pos = n_prompt - 1
+    elif name == "first_answer":
+        pos = n_prompt if n_total > n_prompt else None
+    elif name == "last_generated":
+        pos = n_total - 1 if n_total > n_prompt else None
+    elif name in EXACT_POSITIONS:
+        if span is None:
+            return None
+        start, end = span
+        pos = {
+            "exact_first": start,
+            "exact_last": end - 1,
+            "before_exact": start - 1,
+            "after_exact": end,
+        }[name]
+    elif name.lstrip("-").isdigit() and name.startswith("-"):
+        k = int(name)
+        # Negative positions count back over the generated tokens only.
+        pos = n_total + k if n_prompt <= n_total + k else None
+    else:
+        raise ValueError(f"unknown position {name!r}; choose from {NAMED_POSITIONS} or a callable")
+    return pos if pos is not None and 0 <= pos < n_total else None
+
+
+def resolve_positions(
+    names: Sequence[str | PositionFn], records: Sequence[dict]
+) -> Int[Tensor, "batch n_positions"]:
+    """[batch, n_positions] full-sequence indices, -1 where the position does not exist."""
+    out = torch.full((len(records), len(names)), -1, dtype=torch.long)
+    for i, rec in enumerate(records):
+        for j, name in enumerate(names):
+            pos = resolve_position(name, rec)
+            if pos is not None:
+                out[i, j] = pos
+    return out
+
+
+def to_padded(
+    positions: Int[Tensor, "batch n"], lengths: Int[Tensor, " batch"], width: int, side: str
+) -> Int[Tensor, "batch n"]:
+    """Move unpadded positions into a batch padded to `width` on `side`; -1 stays -1."""
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+    if side == "right":
+        return positions.clone()
+    shift = (width - lengths)[:, None]
+    return torch.where(positions >= 0, positions + shift, positions)
