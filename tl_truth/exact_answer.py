@@ -22,8 +22,9 @@ Invariant: when `char_span` is not None, `answer[char_span[0]:char_span[1]] == t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 from tl_truth.grading import (
     Grade,
@@ -31,8 +32,10 @@ from tl_truth.grading import (
     find_first,
     find_span,
     gold_option_indices,
-    grade as grade_answer,
     option_mentions,
+)
+from tl_truth.grading import (
+    grade as grade_answer,
 )
 from tl_truth.questions import Question
 

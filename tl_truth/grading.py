@@ -29,9 +29,10 @@ import math
 import re
 import string
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, NamedTuple, Sequence
+from typing import Literal, NamedTuple
 
 from tl_truth.questions import Question
 
@@ -144,8 +145,7 @@ class Folded:
     key: str  # stream without separators (for a cheap substring pre-filter)
 
 
-@lru_cache(maxsize=1024)
-def fold(text: str) -> Folded:
+def _fold(text: str) -> Folded:
     stream: list[str] = []
     owner: list[int] = []
     start_ok: list[bool] = []
@@ -170,6 +170,9 @@ def fold(text: str) -> Folded:
     )
 
 
+fold = lru_cache(maxsize=1024)(_fold)  # haystacks: answers, questions
+fold.__doc__ = "Fold `text` (cached): the stream `find_span` searches, with its offset map."
+
 _GAP_HARD = "[ \x00]+"  # the needle had whitespace here: the haystack needs some separator
 _GAP_SOFT = "[ \x00]*"  # the needle had only punctuation ("Jean-Paul"): anything or nothing
 _IN_WORD = "\x00*"  # inside a word, punctuation may be interleaved ("U.S.A." ~ "USA")
@@ -180,16 +183,19 @@ class _Needle(NamedTuple):
     pattern: re.Pattern[str]
     first: str  # first folded char of the needle (for boundary checks)
     last: str
-    head: str  # folded first word, for the cheap pre-filter
 
 
-@lru_cache(maxsize=8192)
-def _compile(needle: str, ignore_articles: bool) -> _Needle | None:
+_Words = tuple[tuple[str, ...], tuple[bool, ...]]
+
+
+@lru_cache(maxsize=65536)
+def _needle_words(needle: str, ignore_articles: bool) -> _Words | None:
+    """The needle's folded words and, between them, whether the gap was whitespace (hard)."""
     words: list[str] = []
     gaps: list[bool] = []  # gaps[i] (between words[i] and words[i+1]) is hard
     cur: list[str] = []
     gap_hard: bool | None = None
-    for c in fold(needle).stream:
+    for c in _fold(needle).stream:
         if c in _SEPARATORS:
             if cur:
                 words.append("".join(cur))
@@ -220,35 +226,25 @@ def _compile(needle: str, ignore_articles: bool) -> _Needle | None:
             kept_words.append(w)
             pending = False
         words, gaps = kept_words, kept_gaps
-    parts = [_IN_WORD.join(re.escape(c) for c in words[0])]
-    for hard, w in zip(gaps, words[1:]):
+    return tuple(words), tuple(gaps)
+
+
+@lru_cache(maxsize=16384)
+def _needle_regex(words: _Words, ignore_articles: bool) -> _Needle:
+    ws, gaps = words
+    parts = [_IN_WORD.join(re.escape(c) for c in ws[0])]
+    for hard, w in zip(gaps, ws[1:], strict=True):
         gap = _GAP_HARD if hard else _GAP_SOFT
         parts.append((_ARTICLE_GAP + gap) if ignore_articles else gap)
         parts.append(_IN_WORD.join(re.escape(c) for c in w))
-    return _Needle(re.compile("".join(parts)), words[0][0], words[-1][-1], words[0])
+    return _Needle(re.compile("".join(parts)), ws[0][0], ws[-1][-1])
 
 
-def find_span(haystack: str, needle: str, *, ignore_articles: bool = False) -> tuple[int, int] | None:
-    """Earliest whole-word occurrence of `needle` in `haystack`, as original character offsets.
-
-    Matching is modulo case, accents, compatibility forms, whitespace runs and punctuation
-    (punctuation at the needle's edges is ignored; inside it, "U.S.A." ~ "USA", "Jean-Paul" ~
-    "Jean Paul", "St. Louis" ~ "St Louis"). The match must sit on word boundaries ("Rome" is
-    not found in "Romeo", but is in "Rome's"), except next to scripts written without spaces.
-    With `ignore_articles`, the needle's articles are dropped and articles are allowed between
-    its words ("The Lord of the Rings" ~ "Lord of Rings").
-
-    Returns `(start, end)` with `haystack[start:end]` the exact original substring (combining
-    marks following the last character are included), or None.
-    """
-    if not isinstance(haystack, str) or not isinstance(needle, str) or not haystack:
-        return None
-    nd = _compile(needle, ignore_articles)
-    if nd is None:
-        return None
-    f = fold(haystack)
-    if nd.head not in f.key:
-        return None
+def _search(f: Folded, needle: str, ignore_articles: bool) -> tuple[int, int] | None:
+    words = _needle_words(needle, ignore_articles)
+    if words is None or not all(w in f.key for w in words[0]):
+        return None  # cheap pre-filter: each needle word is contiguous in the key
+    nd = _needle_regex(words, ignore_articles)
     s_len = len(f.stream)
     pos = 0
     while pos <= s_len:
@@ -265,10 +261,32 @@ def find_span(haystack: str, needle: str, *, ignore_articles: bool = False) -> t
             continue
         start, end = f.owner[s], f.owner[e - 1] + 1
         text = f.text
-        while end < len(text) and unicodedata.category(text[end]) == "Mn" and not fold_char(text[end]):
+        while (
+            end < len(text) and unicodedata.category(text[end]) == "Mn" and not fold_char(text[end])
+        ):
             end += 1
         return start, end
     return None
+
+
+def find_span(
+    haystack: str, needle: str, *, ignore_articles: bool = False
+) -> tuple[int, int] | None:
+    """Earliest whole-word occurrence of `needle` in `haystack`, as original character offsets.
+
+    Matching is modulo case, accents, compatibility forms, whitespace runs and punctuation
+    (punctuation at the needle's edges is ignored; inside it, "U.S.A." ~ "USA", "Jean-Paul" ~
+    "Jean Paul", "St. Louis" ~ "St Louis"). The match must sit on word boundaries ("Rome" is
+    not found in "Romeo", but is in "Rome's"), except next to scripts written without spaces.
+    With `ignore_articles`, the needle's articles are dropped and articles are allowed between
+    its words ("The Lord of the Rings" ~ "Lord of Rings").
+
+    Returns `(start, end)` with `haystack[start:end]` the exact original substring (combining
+    marks following the last character are included), or None.
+    """
+    if not isinstance(haystack, str) or not isinstance(needle, str) or not haystack:
+        return None
+    return _search(fold(haystack), needle, ignore_articles)
 
 
 def find_first(
@@ -279,11 +297,16 @@ def find_first(
     Each needle is matched exactly first and, if that fails and `ignore_articles_fallback`,
     with articles ignored.
     """
+    if not isinstance(haystack, str) or not haystack:
+        return None
+    f = fold(haystack)
     best: tuple[int, int, str] | None = None
     for n in needles:
-        span = find_span(haystack, n)
+        if not isinstance(n, str):
+            continue
+        span = _search(f, n, False)
         if span is None and ignore_articles_fallback:
-            span = find_span(haystack, n, ignore_articles=True)
+            span = _search(f, n, True)
         if span is None:
             continue
         if best is None or span[0] < best[0] or (span[0] == best[0] and span[1] > best[1]):

@@ -129,7 +129,7 @@ class QADataset:
         return self.split("test")
 
     def limit(self, n: int | None) -> "QADataset":
-        """First n questions *per split, proportionally*: keep the order, which is stable."""
+        """The first n questions, in the dataset's (stable) order."""
         return self if n is None else self[:n]
 
     def to_dataframe(self):
