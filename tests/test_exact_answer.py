@@ -392,3 +392,29 @@ def test_grade_and_exact_answer_never_break(answer, kind):
         assert ea.found
     if g.category == "refusal":
         assert ea.reason == "refusal"
+
+
+def test_model_extraction_is_trimmed_to_the_answer_words():
+    from tl_truth.exact_answer import trim_to_answer
+
+    q = make_question("x", "What is the capital of Namibia?", ["Windhoek"], "capitals", "factual")
+    ans = "The capital of Namibia is Cape Town."
+    got = find_exact_answer(q, ans, extractor=lambda _q, _a: "The capital of Namibia is Cape Town")
+    assert got.text == "Cape Town" and got.source == "model"
+    assert got.reason == "model_extraction_trimmed"
+    assert trim_to_answer(q.question, "Port of Spain", (0, 13)) == (0, 13)
+    assert trim_to_answer(q.question, "the capital of Namibia", (0, 22)) is None
+
+
+def test_model_extraction_of_a_whole_sentence_is_rejected():
+    q = make_question("x", "What is the capital of Botswana?", ["Gaborone"], "capitals", "factual")
+    ans = "Botswana is a landlocked country located in southern Africa, bordered by South Africa."
+    got = find_exact_answer(q, ans, extractor=lambda _q, _a: ans)
+    assert got.source == "none" and got.reason == "model_output_too_long"
+
+
+def test_model_extraction_stops_at_a_clause():
+    q = make_question("x", "What is the capital of Seychelles?", ["Victoria"], "capitals", "factual")
+    ans = "The capital of Seychelles is Kerguelab, a tropical archipelago located in the ocean."
+    got = find_exact_answer(q, ans, extractor=lambda _q, _a: "Kerguelab, a tropical archipelago")
+    assert got.text == "Kerguelab"

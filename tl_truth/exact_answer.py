@@ -219,4 +219,42 @@ def find_exact_answer(
     span = _locate_model_output(answer, output)
     if span is None:
         return ExactAnswer.none("model_output_not_substring")
-    return ExactAnswer.at(answer, span[0], span[1], "model", "model_extraction")
+    trimmed = trim_to_answer(question.question, answer, span)
+    if trimmed is None:
+        return ExactAnswer.none("model_output_only_question_words")
+    n_words = len(_WORD.findall(answer[trimmed[0] : trimmed[1]]))
+    if n_words > MAX_MODEL_EXACT_WORDS:
+        # A small extractor often returns the whole sentence: that is not an exact answer.
+        return ExactAnswer.none("model_output_too_long")
+    # A clause after a comma, semicolon or bracket is commentary, not the answer itself.
+    clause = re.search(r"[,;(]", answer[trimmed[0] : trimmed[1]])
+    if clause is not None:
+        head = trim_to_answer(question.question, answer, (trimmed[0], trimmed[0] + clause.start()))
+        trimmed = head or trimmed
+    reason = "model_extraction" if trimmed == span else "model_extraction_trimmed"
+    return ExactAnswer.at(answer, trimmed[0], trimmed[1], "model", reason)
+
+
+MAX_MODEL_EXACT_WORDS = 6
+_WORD = re.compile(r"\w[\w'\u2019-]*")
+_FUNCTION_WORDS = frozenset(
+    "a an the is are was were be been of in on at to for by and or it its this that which "
+    "what who where when called named".split()
+)
+
+
+def trim_to_answer(question: str, answer: str, span: tuple[int, int]) -> tuple[int, int] | None:
+    """Drop words at the edges of a span that only echo the question or are function words.
+
+    "The capital of Namibia is Cape Town" for "What is the capital of Namibia?" -> "Cape Town".
+    Returns None when nothing else is left.
+    """
+    q_words = {w.casefold() for w in _WORD.findall(question)} | _FUNCTION_WORDS
+    words = [
+        (m.start() + span[0], m.end() + span[0])
+        for m in _WORD.finditer(answer[span[0] : span[1]])
+        if m.group().casefold() not in q_words
+    ]
+    if not words:
+        return None
+    return words[0][0], words[-1][1]

@@ -194,6 +194,13 @@ def generate_ids(
         raise ValueError("num_samples > 1 needs temperature > 0 (greedy samples are identical)")
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("empty prompt: every prompt needs at least one token")
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    longest = max((len(p) for p in prompt_ids), default=0)
+    if n_ctx and longest + cfg.max_new_tokens > n_ctx:
+        raise ValueError(
+            f"prompt of {longest} tokens + {cfg.max_new_tokens} new tokens exceeds the "
+            f"model's context of {n_ctx} tokens"
+        )
     tok = model.tokenizer
     device = model_device(model)
     stops = stop_token_ids(tok, model) | set(cfg.extra_stop_ids)

@@ -5,8 +5,9 @@ Coordinates are those of the full unpadded sequence `prompt_token_ids + answer_t
 
 Token character offsets come from incremental decoding of the answer ids (the text *is* the
 decode of those ids), which is exact for every tokenizer, including byte-level BPE where one
-character spans several tokens: such partial tokens add no characters until the token that
-completes the character, and a span always includes them.
+character spans several tokens: a token that stops inside a character (its leading bytes, alone
+or after complete characters, as in "ZÃ" + "¼rich") does not count that character yet but is
+marked partial, and a span starting at that character includes it.
 """
 
 from __future__ import annotations
@@ -35,35 +36,60 @@ EXACT_POSITIONS = ("before_exact", "exact_first", "exact_last", "after_exact")
 PositionFn = Callable[[dict], "int | None"]
 
 
-def token_char_ends(tokenizer: Any, answer_ids: Sequence[int]) -> list[int]:
-    """End character offset (in `decode(answer_ids)`) of each answer token."""
+class CharEnds(list):
+    """`token_char_ends`' list of end offsets, with `partial[i]`: token i stops inside a character."""
+
+    partial: tuple[bool, ...]
+
+
+def token_char_ends(tokenizer: Any, answer_ids: Sequence[int]) -> CharEnds:
+    """End character offset (in `decode(answer_ids)`) of each answer token: the characters
+    complete once it is read. `.partial` marks tokens that also hold leading bytes of the next."""
     full = tokenizer.decode(list(answer_ids), clean_up_tokenization_spaces=False)
-    ends: list[int] = []
+    ends = CharEnds()
+    partial: list[bool] = []
     prev = 0
     for i in range(1, len(answer_ids) + 1):
         prefix = tokenizer.decode(list(answer_ids[:i]), clean_up_tokenization_spaces=False)
-        # A prefix that is not a prefix of the full text ends in an incomplete character
-        # (U+FFFD): the token contributes no characters yet.
-        end = len(prefix) if full.startswith(prefix) else prev
+        cut = not full.startswith(prefix)
+        if not cut:
+            end = len(prefix)
+        elif prefix.endswith("\ufffd") and full.startswith(prefix[:-1]):
+            # The prefix ends in an incomplete character (one U+FFFD): the characters before
+            # it are complete, and this token holds the leading bytes of the next one.
+            end = len(prefix) - 1
+        else:
+            end = prev
         end = max(prev, min(end, len(full)))
         ends.append(end)
+        partial.append(cut)
         prev = end
     if ends and ends[-1] != len(full):
         ends[-1] = len(full)
+    if partial:
+        partial[-1] = False
+    ends.partial = tuple(partial)
     return ends
 
 
 def char_to_token_span(ends: Sequence[int], char_span: tuple[int, int]) -> tuple[int, int]:
-    """Minimal [start, end) token span (answer-relative) whose decode covers the char span."""
+    """Minimal [start, end) token span (answer-relative) whose decode covers the char span.
+
+    `ends` comes from `token_char_ends`; a plain list counts the tokens that add no characters
+    as the partial ones (right unless a token completes one character and starts the next).
+    """
     s, e = char_span
     if not (0 <= s < e) or not ends or e > ends[-1]:
-        raise ValueError(f"char span {char_span} outside answer of length {ends[-1] if ends else 0}")
-    starts = [0, *ends[:-1]]
-    first = next(i for i, end in enumerate(ends) if end > s)
-    # Tokens before `first` that add no characters yet are the leading bytes of the first
-    # character: they belong to the span.
-    while first > 0 and starts[first - 1] == ends[first - 1] == s:
-        first -= 1
+        raise ValueError(
+            f"char span {char_span} outside answer of length {ends[-1] if ends else 0}"
+        )
+    partial = getattr(ends, "partial", None)
+    if partial is None:
+        starts = [0, *ends[:-1]]
+        partial = [start == end for start, end in zip(starts, ends, strict=True)]
+    # Token i holds bytes of the characters before ends[i], and of character ends[i] itself when
+    # it stops inside it: the span starts at the first token holding a byte of character s.
+    first = next(i for i, end in enumerate(ends) if end + partial[i] > s)
     last = next(i for i, end in enumerate(ends) if end >= e)
     return first, last + 1
 

