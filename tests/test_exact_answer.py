@@ -262,8 +262,8 @@ def test_exact_answer_no_match_without_extractor():
     [
         ("The answer is 1,234.", ["1234", "1,234"], "1,234", "number", "gold_number"),
         ("It is twenty-one.", ["21"], "twenty-one", "number", "gold_number"),
-        ("I'd say 5, not 7.", ["7"], "5", "number", "first_number"),
-        ("Roughly -3.5 degrees", ["4"], "-3.5", "number", "first_number"),
+        ("I'd say 5, not 7.", ["7"], "5", "number", "committed_number"),
+        ("Roughly -3.5 degrees", ["4"], "-3.5", "number", "committed_number"),
     ],
 )
 def test_exact_answer_numeric(answer, answers, text, source, reason):
@@ -418,3 +418,22 @@ def test_model_extraction_stops_at_a_clause():
     ans = "The capital of Seychelles is Kerguelab, a tropical archipelago located in the ocean."
     got = find_exact_answer(q, ans, extractor=lambda _q, _a: "Kerguelab, a tropical archipelago")
     assert got.text == "Kerguelab"
+
+
+def test_numeric_exact_answer_is_the_committed_number():
+    q = make_question("a", "What is 860 + 725?", "1585", "arithmetic", "arithmetic", grade="numeric")
+    ans = "To add 860 and 725, you simply add them together: 860 + 725 = 1525."
+    got = find_exact_answer(q, ans)
+    assert got.text == "1525" and got.source == "number"
+
+
+def test_candidates_are_per_task_in_mixed_datasets():
+    from tl_truth.questions import QADataset
+
+    a = QADataset("el", [make_question("1", "Symbol of Gold?", "Au", "elements", "factual")],
+                  candidates=("Au", "In"))
+    b = QADataset("cur", [make_question("2", "Currency of Japan?", "Yen", "currencies", "factual")],
+                  candidates=("Yen", "Dollar"))
+    mixed = QADataset.concat("mix", [a, b])
+    assert mixed.candidates_for("currencies") == ("Yen", "Dollar")
+    assert "In" not in mixed.candidates_for("currencies")

@@ -324,3 +324,18 @@ def test_find_span_ignore_articles():
     span = find_span("Lord of Rings!", "The Lord of the Rings", ignore_articles=True)
     assert span == (0, 13)
     assert find_span("The The played", "The The", ignore_articles=True) == (0, 7)
+
+
+def test_numeric_grade_skips_numbers_that_echo_the_question():
+    q = make_question("a", "What is 62 * 91?", "5642", "arithmetic", "arithmetic", grade="numeric")
+    assert grade(q, "62 * 91 = 5642").correct
+    assert not grade(q, "To calculate 62 * 91, you multiply 62 by 91 to get 5600.").correct
+    q2 = make_question("b", "What is 5 * 1?", "5", "arithmetic", "arithmetic", grade="numeric")
+    assert grade(q2, "5 * 1 = 5").correct
+
+
+def test_case_sensitive_symbols():
+    q = make_question("49", "What is the chemical symbol of Indium?", "In", "elements", "factual",
+                      case_sensitive=True)
+    assert not grade(q, "It is found in nature as Ag.").correct
+    assert grade(q, "The chemical symbol of Indium is In.").correct

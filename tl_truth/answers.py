@@ -152,7 +152,10 @@ def answer_questions(
     t1 = time.perf_counter()
     flat = [(q, g) for q, samples in zip(dataset.questions, gens) for g in samples]
     verdicts = [grade(q, g.text) for q, g in flat]
-    exacts = [find_exact_answer(q, g.text, v, dataset.candidates) for (q, g), v in zip(flat, verdicts)]
+    exacts = [
+        find_exact_answer(q, g.text, v, dataset.candidates_for(q.task))
+        for (q, g), v in zip(flat, verdicts)
+    ]
     t_grade = time.perf_counter() - t1
 
     # Model extraction only where string matching found nothing in a non-refusal.
@@ -164,7 +167,8 @@ def answer_questions(
         for i, out in zip(todo, outs):
             q, g = flat[i]
             exacts[i] = find_exact_answer(
-                q, g.text, verdicts[i], dataset.candidates, extractor=lambda _q, _a, o=out: o
+                q, g.text, verdicts[i], dataset.candidates_for(q.task),
+                extractor=lambda _q, _a, o=out: o,
             )
     t_extract = time.perf_counter() - t2
 

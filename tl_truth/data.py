@@ -20,7 +20,7 @@ def _stable_order(ds: QADataset) -> QADataset:
         return hashlib.sha1(f"order:{q.task}/{q.id}".encode()).hexdigest()
 
     return QADataset(ds.name, sorted(ds.questions, key=key), ds.candidates, ds.source,
-                     dict(ds.skipped))
+                     dict(ds.skipped), dict(ds.task_candidates))
 
 
 def load_questions(spec: str | Sequence[Any] | QADataset, limit: int | None = None) -> QADataset:

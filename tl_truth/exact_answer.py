@@ -28,6 +28,7 @@ from typing import Literal
 
 from tl_truth.grading import (
     Grade,
+    committed_number,
     extract_numbers,
     find_first,
     find_span,
@@ -140,9 +141,12 @@ def _first_candidate(
     """Earliest candidate in the answer (ties: longest); the question's own entities last."""
     if not candidates:
         return None
-    echoed = {c for c in candidates if find_span(question.question, c) is not None}
+    cs = question.case_sensitive
+    echoed = {c for c in candidates if find_span(question.question, c, case_sensitive=cs)}
     fresh = [c for c in candidates if c not in echoed]
-    return find_first(answer, fresh) or (find_first(answer, sorted(echoed)) if echoed else None)
+    return find_first(answer, fresh, case_sensitive=cs) or (
+        find_first(answer, sorted(echoed), case_sensitive=cs) if echoed else None
+    )
 
 
 def _locate_model_output(answer: str, output: str) -> tuple[int, int] | None:
@@ -182,23 +186,23 @@ def find_exact_answer(
     # (a) correct: the gold that matched
     if grade.correct:
         if question.grade == "numeric":
-            nums = extract_numbers(answer)
-            if nums:
-                return ExactAnswer.at(answer, nums[0].start, nums[0].end, "number", "gold_number")
+            num = committed_number(question, answer)
+            if num is not None:
+                return ExactAnswer.at(answer, num.start, num.end, "number", "gold_number")
         elif question.grade == "choice":
             gold = gold_option_indices(question)
             for m in option_mentions(question, answer):
                 if m.index in gold:
                     return ExactAnswer.at(answer, m.start, m.end, "option", "gold_option")
-        hit = find_first(answer, question.answers)
+        hit = find_first(answer, question.answers, case_sensitive=question.case_sensitive)
         if hit is not None:
             return ExactAnswer.at(answer, hit[0], hit[1], "gold_alias", "gold_alias")
 
     # (b) wrong (or a correct grade we could not locate): the committed-to answer
     if question.grade == "numeric":
-        nums = extract_numbers(answer)
-        if nums:
-            return ExactAnswer.at(answer, nums[0].start, nums[0].end, "number", "first_number")
+        num = committed_number(question, answer)
+        if num is not None:
+            return ExactAnswer.at(answer, num.start, num.end, "number", "committed_number")
     elif question.grade == "choice":
         mentions = option_mentions(question, answer)
         if mentions:

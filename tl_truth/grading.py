@@ -240,7 +240,9 @@ def _needle_regex(words: _Words, ignore_articles: bool) -> _Needle:
     return _Needle(re.compile("".join(parts)), ws[0][0], ws[-1][-1])
 
 
-def _search(f: Folded, needle: str, ignore_articles: bool) -> tuple[int, int] | None:
+def _search(
+    f: Folded, needle: str, ignore_articles: bool, case_sensitive: bool = False
+) -> tuple[int, int] | None:
     words = _needle_words(needle, ignore_articles)
     if words is None or not all(w in f.key for w in words[0]):
         return None  # cheap pre-filter: each needle word is contiguous in the key
@@ -265,12 +267,14 @@ def _search(f: Folded, needle: str, ignore_articles: bool) -> tuple[int, int] | 
             end < len(text) and unicodedata.category(text[end]) == "Mn" and not fold_char(text[end])
         ):
             end += 1
+        if case_sensitive and text[start:end] != needle.strip():
+            continue  # symbols: "In" (indium) is not the word "in"
         return start, end
     return None
 
 
 def find_span(
-    haystack: str, needle: str, *, ignore_articles: bool = False
+    haystack: str, needle: str, *, ignore_articles: bool = False, case_sensitive: bool = False
 ) -> tuple[int, int] | None:
     """Earliest whole-word occurrence of `needle` in `haystack`, as original character offsets.
 
@@ -286,11 +290,15 @@ def find_span(
     """
     if not isinstance(haystack, str) or not isinstance(needle, str) or not haystack:
         return None
-    return _search(fold(haystack), needle, ignore_articles)
+    return _search(fold(haystack), needle, ignore_articles, case_sensitive)
 
 
 def find_first(
-    haystack: str, needles: Sequence[str], *, ignore_articles_fallback: bool = True
+    haystack: str,
+    needles: Sequence[str],
+    *,
+    ignore_articles_fallback: bool = True,
+    case_sensitive: bool = False,
 ) -> tuple[int, int, str] | None:
     """The earliest match among `needles` (ties: the longest), as `(start, end, needle)`.
 
@@ -304,8 +312,8 @@ def find_first(
     for n in needles:
         if not isinstance(n, str):
             continue
-        span = _search(f, n, False)
-        if span is None and ignore_articles_fallback:
+        span = _search(f, n, False, case_sensitive)
+        if span is None and ignore_articles_fallback and not case_sensitive:
             span = _search(f, n, True)
         if span is None:
             continue
@@ -640,7 +648,7 @@ class Grade:
 
 
 def _grade_alias(question: Question, answer: str) -> Grade:
-    hit = find_first(answer, question.answers)
+    hit = find_first(answer, question.answers, case_sensitive=question.case_sensitive)
     if hit is None:
         return Grade(False, "incorrect", None, "no gold alias in answer")
     s, e, alias = hit
@@ -657,15 +665,28 @@ def gold_numbers(question: Question) -> list[tuple[float, str]]:
     return out
 
 
+def committed_number(question: Question, answer: str) -> NumberMention | None:
+    """The number an answer commits to: the first one that does not echo the question.
+
+    Models restate the operands ("62 * 91 = 5642"); the first number would grade the echo.
+    If every number echoes the question ("5 * 1 = 5"), the last one is the answer.
+    """
+    nums = extract_numbers(answer)
+    if not nums:
+        return None
+    asked = [n.value for n in extract_numbers(question.question)]
+    fresh = [n for n in nums if not any(numbers_equal(n.value, a) for a in asked)]
+    return fresh[0] if fresh else nums[-1]
+
+
 def _grade_numeric(question: Question, answer: str) -> Grade:
     golds = gold_numbers(question)
     if not golds:
         g = _grade_alias(question, answer)
         return Grade(g.correct, g.category, g.matched, f"gold not numeric; {g.reason}", g.predicted)
-    nums = extract_numbers(answer)
-    if not nums:
+    first = committed_number(question, answer)
+    if first is None:
         return Grade(False, "incorrect", None, "no number in answer")
-    first = nums[0]
     for value, alias in golds:
         if numbers_equal(first.value, value):
             return Grade(True, "correct", alias, f"first number {first.text!r} == gold", first.text)

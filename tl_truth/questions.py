@@ -33,6 +33,7 @@ class Question:
     grade: GradeKind = "alias"
     options: tuple[str, ...] = ()  # multiple choice only: the options, in prompt order
     split: Split = field(default="train")
+    case_sensitive: bool = False  # symbols ("In", "Co") must match case, words need not
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -64,6 +65,7 @@ def make_question(
     grade: GradeKind = "alias",
     options: Sequence[str] = (),
     split: Split | None = None,
+    case_sensitive: bool = False,
 ) -> Question:
     """Build a Question, deduplicating aliases (order kept) and assigning the hashed split."""
     if isinstance(answers, str):
@@ -82,6 +84,7 @@ def make_question(
         grade=grade,
         options=tuple(options),
         split=split or split_for(f"{task}/{id}"),
+        case_sensitive=case_sensitive,
     )
 
 
@@ -99,6 +102,12 @@ class QADataset:
     candidates: tuple[str, ...] = ()
     source: str = ""
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count, never silent
+    task_candidates: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def candidates_for(self, task: str) -> tuple[str, ...]:
+        """Candidates of one task: a mixed dataset must not match one task's vocabulary
+        (element symbols such as "In") inside another task's answers."""
+        return self.task_candidates.get(task, self.candidates)
 
     def __len__(self) -> int:
         return len(self.questions)
@@ -108,7 +117,10 @@ class QADataset:
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return QADataset(self.name, self.questions[i], self.candidates, self.source, dict(self.skipped))
+            return QADataset(
+                self.name, self.questions[i], self.candidates, self.source, dict(self.skipped),
+                dict(self.task_candidates),
+            )
         return self.questions[i]
 
     def split(self, which: Split) -> "QADataset":
@@ -118,6 +130,7 @@ class QADataset:
             self.candidates,
             self.source,
             dict(self.skipped),
+            dict(self.task_candidates),
         )
 
     @property
@@ -140,11 +153,12 @@ class QADataset:
     @staticmethod
     def concat(name: str, parts: Sequence["QADataset"]) -> "QADataset":
         qs: list[Question] = []
-        cands: dict[str, None] = {}
+        per_task: dict[str, tuple[str, ...]] = {}
         skipped: dict[str, int] = {}
         for p in parts:
             qs.extend(p.questions)
-            cands.update(dict.fromkeys(p.candidates))
+            for task in {q.task for q in p.questions}:
+                per_task[task] = tuple(dict.fromkeys(per_task.get(task, ()) + p.candidates_for(task)))
             for k, v in p.skipped.items():
                 skipped[f"{p.name}:{k}"] = skipped.get(f"{p.name}:{k}", 0) + v
-        return QADataset(name, qs, tuple(cands), ",".join(p.source for p in parts), skipped)
+        return QADataset(name, qs, (), ",".join(p.source for p in parts), skipped, per_task)

@@ -360,6 +360,7 @@ def elements() -> QADataset:
                 [el.symbol],
                 task="elements",
                 skill="factual",
+                case_sensitive=True,  # "In" (indium) must not match the word "in"
             )
         )
     return QADataset(

@@ -1,0 +1,94 @@
+"""Generation speed: our batched cached loop vs one prompt at a time vs plain HF generate.
+
+Ratios are against baselines measured in the same run, on the same prompts. Also checks that
+every path gives the same greedy tokens. Run: `make bench` or
+`.venv/bin/python benchmarks/bench_generation.py --n 32 --tokens 24`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from tl_truth.data import load_questions
+from tl_truth.generation import GenerationConfig, generate_ids, stop_token_ids, tokenize_prompts
+from tl_truth.models import load_model
+from tl_truth.prompts import default_format
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def hf_generate(hf, tok, prompts, n_tokens, stops, batch_size):
+    """Plain HF greedy generate, left-padded batches, truncated at the first stop token."""
+    out = []
+    tok.padding_side = "left"
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in chunk])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        with torch.no_grad():
+            gen = hf.generate(ids, attention_mask=mask, max_new_tokens=n_tokens, do_sample=False,
+                              pad_token_id=tok.pad_token_id)[:, width:]
+        for row in gen.tolist():
+            ans = []
+            for t in row:
+                if t in stops:
+                    break
+                ans.append(t)
+            out.append(ans)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=24)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    tok = model.tokenizer
+    qs = load_questions("capitals", args.n).questions
+    fmt = default_format(model)
+    prompts = tokenize_prompts(tok, [fmt.render(tok, q.question) for q in qs], fmt)
+    stops = stop_token_ids(tok, model)
+
+    def ours(bs, cache=True):
+        cfg = GenerationConfig(max_new_tokens=args.tokens, batch_size=bs, use_cache=cache)
+        res = generate_ids(model, prompts, cfg, progress=False)
+        return [r[0]["answer_token_ids"] for r in res]
+
+    generate_ids(model, prompts[:2], GenerationConfig(2), progress=False)  # warm up
+    results = {}
+    ref, results["tl_truth_batched"] = timed(lambda: ours(32))
+    single, results["tl_truth_one_at_a_time"] = timed(lambda: ours(1))
+    hf = model.original_model
+    hf_b, results["hf_generate_batched"] = timed(
+        lambda: hf_generate(hf, tok, prompts, args.tokens, stops, 32))
+    hf_1, results["hf_generate_one_at_a_time"] = timed(
+        lambda: hf_generate(hf, tok, prompts, args.tokens, stops, 1))
+    nocache, results["tl_truth_batched_no_cache"] = timed(lambda: ours(32, cache=False))
+    agree = {
+        "one_at_a_time": single == ref,
+        "hf_batched": hf_b == ref,
+        "hf_one_at_a_time": hf_1 == ref,
+        "no_cache": nocache == ref,
+    }
+    base = results["tl_truth_batched"]
+    print(f"{args.model}, {args.n} prompts x {args.tokens} tokens, {args.threads} threads")
+    for name, s in results.items():
+        print(f"  {name:<28}{s:8.2f} s   {s / base:6.2f}x of tl_truth_batched")
+    print(f"  same greedy tokens as tl_truth_batched: {json.dumps(agree)}")
+
+
+if __name__ == "__main__":
+    main()
