@@ -35,8 +35,13 @@ def hf_generate(hf, tok, prompts, n_tokens, stops, batch_size):
         ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in chunk])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
         with torch.no_grad():
-            gen = hf.generate(ids, attention_mask=mask, max_new_tokens=n_tokens, do_sample=False,
-                              pad_token_id=tok.pad_token_id)[:, width:]
+            gen = hf.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=n_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )[:, width:]
         for row in gen.tolist():
             ans = []
             for t in row:
@@ -73,9 +78,11 @@ def main() -> None:
     single, results["tl_truth_one_at_a_time"] = timed(lambda: ours(1))
     hf = model.original_model
     hf_b, results["hf_generate_batched"] = timed(
-        lambda: hf_generate(hf, tok, prompts, args.tokens, stops, 32))
+        lambda: hf_generate(hf, tok, prompts, args.tokens, stops, 32)
+    )
     hf_1, results["hf_generate_one_at_a_time"] = timed(
-        lambda: hf_generate(hf, tok, prompts, args.tokens, stops, 1))
+        lambda: hf_generate(hf, tok, prompts, args.tokens, stops, 1)
+    )
     nocache, results["tl_truth_batched_no_cache"] = timed(lambda: ours(32, cache=False))
     agree = {
         "one_at_a_time": single == ref,

@@ -20,9 +20,17 @@ def fake_records(n=7, seed=0):
         prompt = [0] + torch.randint(5, 300, (p,), generator=g).tolist()
         answer = torch.randint(5, 300, (a,), generator=g).tolist()
         span = [len(prompt) + 1, len(prompt) + 3] if a >= 4 else None
-        recs.append({"id": str(i), "task": "t", "split": "train" if i % 3 else "test",
-                     "correct": bool(i % 2), "prompt_token_ids": prompt, "answer_token_ids": answer,
-                     "exact_answer_token_span": span})
+        recs.append(
+            {
+                "id": str(i),
+                "task": "t",
+                "split": "train" if i % 3 else "test",
+                "correct": bool(i % 2),
+                "prompt_token_ids": prompt,
+                "answer_token_ids": answer,
+                "exact_answer_token_span": span,
+            }
+        )
     return recs
 
 
@@ -42,8 +50,12 @@ def test_batched_capture_equals_unbatched_reference(tiny):
     recs = fake_records()
     hooks = default_hooks(tiny) + ["blocks.0.hook_resid_pre", "blocks.1.hook_mlp_out"]
     pos = list(NAMED_POSITIONS)
-    got = capture_batch(tiny, [r["prompt_token_ids"] + r["answer_token_ids"] for r in recs],
-                        resolve_positions(pos, recs), hooks)
+    got = capture_batch(
+        tiny,
+        [r["prompt_token_ids"] + r["answer_token_ids"] for r in recs],
+        resolve_positions(pos, recs),
+        hooks,
+    )
     for i, r in enumerate(recs):
         torch.testing.assert_close(got[i], reference(tiny, r, hooks, pos), atol=1e-4, rtol=1e-4)
 
@@ -59,8 +71,9 @@ def test_early_stop_does_not_change_shallow_hooks(tiny):
 
 def test_store_round_trip_masks_and_metadata(tiny, tmp_path):
     recs = fake_records(9)
-    store = capture(tiny, recs, tmp_path, shard_size=4, batch_size=3, dtype=torch.float32,
-                    progress=False)
+    store = capture(
+        tiny, recs, tmp_path, shard_size=4, batch_size=3, dtype=torch.float32, progress=False
+    )
     assert len(store.shard_files()) == 3 and store.is_complete()
     acts, valid = store.load()
     assert acts.shape == (9, tiny.cfg.n_layers, len(NAMED_POSITIONS), tiny.cfg.d_model)

@@ -10,16 +10,29 @@ from tl_truth.generation import GenerationConfig
 from tl_truth.questions import QADataset, make_question
 
 REQUIRED = [
-    "id", "task", "question", "prompt", "gold", "answer", "correct", "exact_answer",
-    "exact_answer_source", "exact_answer_char_span", "exact_answer_token_span",
-    "exact_answer_token_text", "prompt_token_ids", "answer_token_ids", "token_logprobs",
+    "id",
+    "task",
+    "question",
+    "prompt",
+    "gold",
+    "answer",
+    "correct",
+    "exact_answer",
+    "exact_answer_source",
+    "exact_answer_char_span",
+    "exact_answer_token_span",
+    "exact_answer_token_text",
+    "prompt_token_ids",
+    "answer_token_ids",
+    "token_logprobs",
 ]
 
 
 def small_dataset():
     qs = [
-        make_question(str(i), f"What is {a} + {b}?", str(a + b), "arithmetic", "arithmetic",
-                      grade="numeric")
+        make_question(
+            str(i), f"What is {a} + {b}?", str(a + b), "arithmetic", "arithmetic", grade="numeric"
+        )
         for i, (a, b) in enumerate([(12, 30), (5, 7), (100, 23), (9, 9)])
     ]
     qs.append(make_question("f", "What is the capital of France?", "Paris", "capitals", "factual"))
@@ -27,8 +40,13 @@ def small_dataset():
 
 
 def test_records_schema_and_invariants(tiny):
-    run = answer_questions(tiny, small_dataset(), GenerationConfig(max_new_tokens=10),
-                           extract_with_model=False, progress=False)
+    run = answer_questions(
+        tiny,
+        small_dataset(),
+        GenerationConfig(max_new_tokens=10),
+        extract_with_model=False,
+        progress=False,
+    )
     assert len(run) == 5  # nothing dropped
     tok = tiny.tokenizer
     for r in run.records:
@@ -48,8 +66,13 @@ def test_records_schema_and_invariants(tiny):
 
 
 def test_save_and_load_round_trip(tiny, tmp_path):
-    run = answer_questions(tiny, small_dataset()[:2], GenerationConfig(max_new_tokens=4),
-                           extract_with_model=False, progress=False)
+    run = answer_questions(
+        tiny,
+        small_dataset()[:2],
+        GenerationConfig(max_new_tokens=4),
+        extract_with_model=False,
+        progress=False,
+    )
     run.save(tmp_path)
     back = AnswerRun.load(tmp_path)
     assert back.records == json.loads(json.dumps(run.records))
@@ -81,8 +104,21 @@ def test_cli_generate_on_local_model(tmp_path, capsys):
         '"answers": ["Lima"]}\n{"question": "", "answer": "x"}\n'
     )
     out = tmp_path / "out"
-    rc = main(["generate", "--model", str(model_dir), "--dataset", f"jsonl:{data}",
-               "--out", str(out), "--max-new-tokens", "4", "--quiet", "--no-model-extract"])
+    rc = main(
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--dataset",
+            f"jsonl:{data}",
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "4",
+            "--quiet",
+            "--no-model-extract",
+        ]
+    )
     assert rc == 0
     lines = (out / "generations.jsonl").read_text().splitlines()
     assert len(lines) == 2

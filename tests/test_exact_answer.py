@@ -414,14 +414,18 @@ def test_model_extraction_of_a_whole_sentence_is_rejected():
 
 
 def test_model_extraction_stops_at_a_clause():
-    q = make_question("x", "What is the capital of Seychelles?", ["Victoria"], "capitals", "factual")
+    q = make_question(
+        "x", "What is the capital of Seychelles?", ["Victoria"], "capitals", "factual"
+    )
     ans = "The capital of Seychelles is Kerguelab, a tropical archipelago located in the ocean."
     got = find_exact_answer(q, ans, extractor=lambda _q, _a: "Kerguelab, a tropical archipelago")
     assert got.text == "Kerguelab"
 
 
 def test_numeric_exact_answer_is_the_committed_number():
-    q = make_question("a", "What is 860 + 725?", "1585", "arithmetic", "arithmetic", grade="numeric")
+    q = make_question(
+        "a", "What is 860 + 725?", "1585", "arithmetic", "arithmetic", grade="numeric"
+    )
     ans = "To add 860 and 725, you simply add them together: 860 + 725 = 1525."
     got = find_exact_answer(q, ans)
     assert got.text == "1525" and got.source == "number"
@@ -430,10 +434,16 @@ def test_numeric_exact_answer_is_the_committed_number():
 def test_candidates_are_per_task_in_mixed_datasets():
     from tl_truth.questions import QADataset
 
-    a = QADataset("el", [make_question("1", "Symbol of Gold?", "Au", "elements", "factual")],
-                  candidates=("Au", "In"))
-    b = QADataset("cur", [make_question("2", "Currency of Japan?", "Yen", "currencies", "factual")],
-                  candidates=("Yen", "Dollar"))
+    a = QADataset(
+        "el",
+        [make_question("1", "Symbol of Gold?", "Au", "elements", "factual")],
+        candidates=("Au", "In"),
+    )
+    b = QADataset(
+        "cur",
+        [make_question("2", "Currency of Japan?", "Yen", "currencies", "factual")],
+        candidates=("Yen", "Dollar"),
+    )
     mixed = QADataset.concat("mix", [a, b])
     assert mixed.candidates_for("currencies") == ("Yen", "Dollar")
     assert "In" not in mixed.candidates_for("currencies")

@@ -31,7 +31,7 @@ def test_greedy_matches_hf_left_padded_batch(tiny, use_cache):
     hf, tok = tiny_hf(tiny._tl_truth_name.removeprefix("tiny-"))
     cfg = GenerationConfig(max_new_tokens=12, batch_size=4, use_cache=use_cache)
     got = generate_ids(tiny, PROMPTS, cfg, progress=False)
-    for prompt, samples in zip(PROMPTS, got):
+    for prompt, samples in zip(PROMPTS, got, strict=False):
         ref = hf_greedy(hf, prompt, 12, {tok.eos_token_id})
         assert samples[0]["answer_token_ids"] == ref
         assert len(samples[0]["token_logprobs"]) == len(ref)
@@ -41,7 +41,7 @@ def test_greedy_matches_hf_left_padded_batch(tiny, use_cache):
 def test_logprobs_match_forward(tiny):
     cfg = GenerationConfig(max_new_tokens=6, batch_size=4)
     got = generate_ids(tiny, PROMPTS, cfg, progress=False)
-    for prompt, samples in zip(PROMPTS, got):
+    for prompt, samples in zip(PROMPTS, got, strict=False):
         ans = samples[0]["answer_token_ids"]
         if not ans:
             continue
@@ -81,8 +81,12 @@ def test_decode_state_gives_absolute_positions(tiny):
 
     for use_cache in (True, False):
         with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_post", record(use_cache))]):
-            generate_ids(tiny, PROMPTS, GenerationConfig(4, batch_size=4, use_cache=use_cache),
-                         progress=False)
+            generate_ids(
+                tiny,
+                PROMPTS,
+                GenerationConfig(4, batch_size=4, use_cache=use_cache),
+                progress=False,
+            )
     assert seen[True] == seen[False]
     # the prompt pass ends at each row's last prompt token, whatever its padding
     first = seen[True][0]

@@ -335,7 +335,13 @@ def test_numeric_grade_skips_numbers_that_echo_the_question():
 
 
 def test_case_sensitive_symbols():
-    q = make_question("49", "What is the chemical symbol of Indium?", "In", "elements", "factual",
-                      case_sensitive=True)
+    q = make_question(
+        "49",
+        "What is the chemical symbol of Indium?",
+        "In",
+        "elements",
+        "factual",
+        case_sensitive=True,
+    )
     assert not grade(q, "It is found in nature as Ag.").correct
     assert grade(q, "The chemical symbol of Indium is In.").correct

@@ -25,14 +25,21 @@ def capitals_run(smol):
 
 def test_greedy_equals_plain_hf_greedy(smol, capitals_run):
     hf = smol.original_model
-    stops = {smol.tokenizer.eos_token_id, *([hf.generation_config.eos_token_id] if isinstance(
-        hf.generation_config.eos_token_id, int) else hf.generation_config.eos_token_id or [])}
+    stops = {
+        smol.tokenizer.eos_token_id,
+        *(
+            [hf.generation_config.eos_token_id]
+            if isinstance(hf.generation_config.eos_token_id, int)
+            else hf.generation_config.eos_token_id or []
+        ),
+    }
     # Plain HF greedy, one prompt at a time (no padding): the reference.
     for r in capitals_run.records[:12]:
         ids = torch.tensor([r["prompt_token_ids"]])
         with torch.no_grad():
-            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
-                              do_sample=False)[0, ids.shape[1]:].tolist()
+            out = hf.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, do_sample=False
+            )[0, ids.shape[1] :].tolist()
         ref = []
         for t in out:
             if t in stops:
@@ -51,8 +58,13 @@ def test_end_to_end_capitals(capitals_run):
         if r["correct"]:
             span = r["exact_answer_token_span"]
             assert span is not None, r
-            assert any(a.casefold() in r["exact_answer_token_text"].casefold()
-                       for a in r["gold_aliases"]) or r["exact_answer"] in r["exact_answer_token_text"]
+            assert (
+                any(
+                    a.casefold() in r["exact_answer_token_text"].casefold()
+                    for a in r["gold_aliases"]
+                )
+                or r["exact_answer"] in r["exact_answer_token_text"]
+            )
     s = capitals_run.summary
     assert s["exact_answer_rate_correct"] == 1.0
     assert s["model"]["name"] == "smollm2-135m-instruct"
@@ -62,6 +74,8 @@ def test_chat_prompt_has_no_double_bos(capitals_run, smol):
     r = capitals_run.records[0]
     ids = r["prompt_token_ids"]
     assert ids == smol.tokenizer.apply_chat_template(
-        [{"role": "user", "content": r["question"]}], add_generation_prompt=True, tokenize=True,
+        [{"role": "user", "content": r["question"]}],
+        add_generation_prompt=True,
+        tokenize=True,
         return_dict=False,
     )

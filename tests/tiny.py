@@ -21,7 +21,7 @@ _CORPUS = [
 ] * 4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_tokenizer():
     from tokenizers import ByteLevelBPETokenizer
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -52,26 +52,49 @@ def tiny_hf(arch: str, seed: int = 0):
     tok = tiny_tokenizer()
     v = len(tok)
     torch.manual_seed(seed)
-    common = dict(vocab_size=v, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                  pad_token_id=tok.pad_token_id)
+    common = dict(
+        vocab_size=v,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     if arch == "gpt2":
         m = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=1024, **common))
     elif arch == "llama":  # grouped-query attention: 4 query heads, 2 KV heads
-        m = LlamaForCausalLM(LlamaConfig(
-            num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=1024, **common))
+        m = LlamaForCausalLM(
+            LlamaConfig(
+                num_hidden_layers=2,
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=1024,
+                **common,
+            )
+        )
     elif arch == "gemma3":
-        m = Gemma3ForCausalLM(Gemma3TextConfig(
-            num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-            num_key_value_heads=1, head_dim=8, query_pre_attn_scalar=8, max_position_embeddings=1024, sliding_window=16,
-            layer_types=["sliding_attention", "full_attention"], **common))
+        m = Gemma3ForCausalLM(
+            Gemma3TextConfig(
+                num_hidden_layers=2,
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=4,
+                num_key_value_heads=1,
+                head_dim=8,
+                query_pre_attn_scalar=8,
+                max_position_embeddings=1024,
+                sliding_window=16,
+                layer_types=["sliding_attention", "full_attention"],
+                **common,
+            )
+        )
     else:
         raise ValueError(arch)
     m.config.architectures = [type(m).__name__]
     return m.eval(), tok
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model(arch: str, backend: str):
     hf, tok = tiny_hf(arch)
     return from_hf(hf, tok, backend=backend, name=f"tiny-{arch}", device="cpu", chat=False)

@@ -156,7 +156,9 @@ class ActivationStore:
             valid[rows] = shard["valid"][:, p_idx]
         return acts, valid
 
-    def cell(self, hook: str, position: str) -> tuple[Float[Tensor, "m d_model"], Int[Tensor, " m"]]:
+    def cell(
+        self, hook: str, position: str
+    ) -> tuple[Float[Tensor, "m d_model"], Int[Tensor, " m"]]:
         """Activations of the examples that have this position, and their row indices."""
         acts, valid = self.load([hook], [position])
         rows = torch.nonzero(valid[:, 0]).squeeze(1)
@@ -207,8 +209,11 @@ def capture(
         "shard_size": shard_size,
         "examples": examples,
         "shards": [
-            {"file": f"shard_{i:05d}.safetensors", "start": i * shard_size,
-             "end": min(len(records), (i + 1) * shard_size)}
+            {
+                "file": f"shard_{i:05d}.safetensors",
+                "start": i * shard_size,
+                "end": min(len(records), (i + 1) * shard_size),
+            }
             for i in range(n_shards)
         ],
     }
@@ -229,8 +234,12 @@ def capture(
 
     pos_all = resolve_positions(list(positions), records)
     todo = [s for s in meta["shards"] if not (out / s["file"]).exists()]
-    bar = tqdm(total=sum(s["end"] - s["start"] for s in todo), desc="capture",
-               disable=not progress, unit="ex")
+    bar = tqdm(
+        total=sum(s["end"] - s["start"] for s in todo),
+        desc="capture",
+        disable=not progress,
+        unit="ex",
+    )
     for shard in todo:
         start, end = shard["start"], shard["end"]
         # Sort by length inside the shard so each batch pads little.

@@ -150,11 +150,11 @@ def answer_questions(
     t_gen = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    flat = [(q, g) for q, samples in zip(dataset.questions, gens) for g in samples]
+    flat = [(q, g) for q, samples in zip(dataset.questions, gens, strict=False) for g in samples]
     verdicts = [grade(q, g.text) for q, g in flat]
     exacts = [
         find_exact_answer(q, g.text, v, dataset.candidates_for(q.task))
-        for (q, g), v in zip(flat, verdicts)
+        for (q, g), v in zip(flat, verdicts, strict=False)
     ]
     t_grade = time.perf_counter() - t1
 
@@ -162,23 +162,32 @@ def answer_questions(
     t2 = time.perf_counter()
     todo = [i for i, e in enumerate(exacts) if e.source == "none" and e.reason == "no_match"]
     if extract_with_model and todo:
-        outs = model_extractions(model, [(flat[i][0], flat[i][1].text) for i in todo],
-                                 config.batch_size, progress)
-        for i, out in zip(todo, outs):
+        outs = model_extractions(
+            model, [(flat[i][0], flat[i][1].text) for i in todo], config.batch_size, progress
+        )
+        for i, out in zip(todo, outs, strict=False):
             q, g = flat[i]
             exacts[i] = find_exact_answer(
-                q, g.text, verdicts[i], dataset.candidates_for(q.task),
+                q,
+                g.text,
+                verdicts[i],
+                dataset.candidates_for(q.task),
                 extractor=lambda _q, _a, o=out: o,
             )
     t_extract = time.perf_counter() - t2
 
-    records = [build_record(q, g, tok, e, v) for (q, g), v, e in zip(flat, verdicts, exacts)]
+    records = [
+        build_record(q, g, tok, e, v) for (q, g), v, e in zip(flat, verdicts, exacts, strict=False)
+    ]
     summary = summarize(records, dataset)
     summary.update(
         model=model_info(model).to_dict(),
         prompt_format={"kind": fmt.kind, "template": fmt.template, "system": fmt.system},
         generation={k: v for k, v in vars(config).items()},
-        model_extraction={"enabled": extract_with_model, "attempted": len(todo) if extract_with_model else 0},
+        model_extraction={
+            "enabled": extract_with_model,
+            "attempted": len(todo) if extract_with_model else 0,
+        },
         timings={
             "generate_s": round(t_gen, 2),
             "grade_s": round(t_grade, 2),
@@ -204,13 +213,19 @@ def summarize(records: Sequence[dict], dataset: QADataset | None = None) -> dict
             "exact_answer_rate": round(len(found) / n, 4) if n else None,
             "exact_answer_rate_correct": round(
                 sum(r["exact_answer_token_span"] is not None for r in correct) / len(correct), 4
-            ) if correct else None,
+            )
+            if correct
+            else None,
             "exact_answer_rate_incorrect": round(
                 sum(r["exact_answer_token_span"] is not None for r in wrong) / len(wrong), 4
-            ) if wrong else None,
+            )
+            if wrong
+            else None,
             "exact_answer_sources": dict(Counter(r["exact_answer_source"] for r in rs)),
             "exact_answer_failures": dict(
-                Counter(r["exact_answer_reason"] for r in rs if r["exact_answer_token_span"] is None)
+                Counter(
+                    r["exact_answer_reason"] for r in rs if r["exact_answer_token_span"] is None
+                )
             ),
             "stop_reasons": dict(Counter(r["stop_reason"] for r in rs)),
             "splits": dict(Counter(r["split"] for r in rs)),

@@ -6,26 +6,37 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from tl_truth.models import BUILTIN_MODELS, DEFAULT_MODEL
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"built-in ({', '.join(BUILTIN_MODELS)}), HF directory, .gguf file or hub id")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"built-in ({', '.join(BUILTIN_MODELS)}), HF directory, .gguf file or hub id",
+    )
     p.add_argument("--backend", choices=["bridge", "hooked"], default="bridge")
-    p.add_argument("--compat", action="store_true",
-                   help="TransformerBridge compatibility mode (HookedTransformer-style weights)")
-    p.add_argument("--dataset", default="capitals",
-                   help="built-in task(s), format:path, or a CSV/JSONL file; comma-separated")
+    p.add_argument(
+        "--compat",
+        action="store_true",
+        help="TransformerBridge compatibility mode (HookedTransformer-style weights)",
+    )
+    p.add_argument(
+        "--dataset",
+        default="capitals",
+        help="built-in task(s), format:path, or a CSV/JSONL file; comma-separated",
+    )
     p.add_argument("--limit", type=int, default=None, help="questions per dataset part")
     p.add_argument("--out", default="runs/latest", help="output directory")
     p.add_argument("--prompt", default="auto", help="auto | chat | qa | a template with {question}")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--no-model-extract", action="store_true",
-                   help="skip the model-based exact-answer extraction fallback")
+    p.add_argument(
+        "--no-model-extract",
+        action="store_true",
+        help="skip the model-based exact-answer extraction fallback",
+    )
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -44,8 +55,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     dataset = load_questions(args.dataset, args.limit)
     t0 = time.perf_counter()
-    model = load_model(args.model, backend=args.backend, device=args.device,
-                       compatibility_mode=args.compat)
+    model = load_model(
+        args.model, backend=args.backend, device=args.device, compatibility_mode=args.compat
+    )
     load_s = time.perf_counter() - t0
     run = answer_questions(
         model,
@@ -58,12 +70,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     run.summary["timings"]["load_model_s"] = round(load_s, 2)
     out = run.save(args.out)
     s = run.summary
-    print(f"\n{s['model']['name']} ({s['model']['backend']}) on {s['dataset']['name']}: "
-          f"{s['n']} answers")
+    print(
+        f"\n{s['model']['name']} ({s['model']['backend']}) on {s['dataset']['name']}: "
+        f"{s['n']} answers"
+    )
     print(f"{'task':<14}{'n':>6}{'accuracy':>10}{'refusals':>10}{'exact-ans':>11}")
     for task, b in s["per_task"].items():
-        print(f"{task:<14}{b['n']:>6}{b['accuracy']:>10.3f}"
-              f"{b['categories'].get('refusal', 0):>10}{b['exact_answer_rate']:>11.3f}")
+        print(
+            f"{task:<14}{b['n']:>6}{b['accuracy']:>10.3f}"
+            f"{b['categories'].get('refusal', 0):>10}{b['exact_answer_rate']:>11.3f}"
+        )
     print(f"exact-answer sources: {json.dumps(s['exact_answer_sources'])}")
     print(f"wrote {out / 'generations.jsonl'} and {out / 'summary.json'}")
     return 0

@@ -14,13 +14,20 @@ from tl_truth.tasks import BUILTIN_TASKS, load_builtin
 def _stable_order(ds: QADataset) -> QADataset:
     """A fixed pseudo-random order (hash of task/id), so `--limit N` is a fair sample of both
     splits and of the task, identical in every run."""
+
     def key(q):
         # Salted: the split itself hashes "task/id", and the same key would put every test
         # question first.
         return hashlib.sha1(f"order:{q.task}/{q.id}".encode()).hexdigest()
 
-    return QADataset(ds.name, sorted(ds.questions, key=key), ds.candidates, ds.source,
-                     dict(ds.skipped), dict(ds.task_candidates))
+    return QADataset(
+        ds.name,
+        sorted(ds.questions, key=key),
+        ds.candidates,
+        ds.source,
+        dict(ds.skipped),
+        dict(ds.task_candidates),
+    )
 
 
 def load_questions(spec: str | Sequence[Any] | QADataset, limit: int | None = None) -> QADataset:

@@ -29,7 +29,6 @@ from typing import Literal
 from tl_truth.grading import (
     Grade,
     committed_number,
-    extract_numbers,
     find_first,
     find_span,
     gold_option_indices,

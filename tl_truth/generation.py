@@ -216,10 +216,16 @@ def generate_ids(
     for start in range(0, len(rows), cfg.batch_size):
         batch_rows = rows[start : start + cfg.batch_size]
         results = _decode_batch(
-            model, [prompt_ids[i] for i, _ in batch_rows], cfg, stops, newline_ids, pad_id,
-            device, gen,
+            model,
+            [prompt_ids[i] for i, _ in batch_rows],
+            cfg,
+            stops,
+            newline_ids,
+            pad_id,
+            device,
+            gen,
         )
-        for (i, k), res in zip(batch_rows, results):
+        for (i, k), res in zip(batch_rows, results, strict=False):
             out[i][k] = res
         bar.update(len(batch_rows))
     bar.close()
@@ -245,7 +251,9 @@ def _decode_batch(model, prompts, cfg, stops, newline_ids, pad_id, device, gen) 
     feed, feed_mask, offset = tokens.to(device), mask.to(device), 0
     for step in range(cfg.max_new_tokens):
         # Without the cache each pass re-runs the whole sequence from position 0.
-        state = DecodeState(offset if cfg.use_cache else 0, pads.to(device), lengths.to(device), step)
+        state = DecodeState(
+            offset if cfg.use_cache else 0, pads.to(device), lengths.to(device), step
+        )
         token_ = _STATE.set(state)
         try:
             logits = step_fn(feed, feed_mask)[:, -1].float()
@@ -305,7 +313,7 @@ def generate(
     raw = generate_ids(model, prompt_ids, cfg, stop_at_newline=stop_nl, progress=progress)
     elapsed = time.perf_counter() - t0
     result = []
-    for prompt, ids, samples in zip(prompts, prompt_ids, raw):
+    for prompt, ids, samples in zip(prompts, prompt_ids, raw, strict=False):
         result.append(
             [
                 Generation(

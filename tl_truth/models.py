@@ -351,8 +351,12 @@ def _hooked_from_hf(hf_model: Any, tokenizer: Any, name: str, device: str) -> An
     weights = _convert_weights(hf_model, cfg)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
-        weights, fold_ln=True, center_writing_weights=True, center_unembed=True,
-        fold_value_biases=True, refactor_factored_attn_matrices=False,
+        weights,
+        fold_ln=True,
+        center_writing_weights=True,
+        center_unembed=True,
+        fold_value_biases=True,
+        refactor_factored_attn_matrices=False,
     )
     object.__setattr__(model, "_tl_truth_center_writing", True)
     return model.to(device)
@@ -361,7 +365,9 @@ def _hooked_from_hf(hf_model: Any, tokenizer: Any, name: str, device: str) -> An
 def _is_gemma3_270m(hf_model: Any) -> bool:
     c = hf_model.config
     return type(hf_model).__name__ == "Gemma3ForCausalLM" and (
-        c.num_hidden_layers, c.hidden_size, c.vocab_size
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.vocab_size,
     ) == (18, 640, 262144)
 
 
@@ -384,9 +390,7 @@ def _gemma3_config(hf_config: Any, device: str) -> Any:
         d_vocab_out=hf_config.vocab_size,
         eps=hf_config.rms_norm_eps,
         window_size=hf_config.sliding_window,
-        attn_types=[
-            "global" if t == "full_attention" else "local" for t in hf_config.layer_types
-        ],
+        attn_types=["global" if t == "full_attention" else "local" for t in hf_config.layer_types],
         rotary_dim=hf_config.head_dim,
         rotary_base=rope.get("full_attention", {}).get("rope_theta", d["rotary_base"]),
         rotary_base_local=rope.get("sliding_attention", {}).get(

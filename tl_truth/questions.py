@@ -8,8 +8,9 @@ id, so the same question lands in the same split in every run and every process.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 Split = Literal["train", "test"]
 GradeKind = Literal["alias", "numeric", "choice"]
@@ -118,7 +119,11 @@ class QADataset:
     def __getitem__(self, i):
         if isinstance(i, slice):
             return QADataset(
-                self.name, self.questions[i], self.candidates, self.source, dict(self.skipped),
+                self.name,
+                self.questions[i],
+                self.candidates,
+                self.source,
+                dict(self.skipped),
                 dict(self.task_candidates),
             )
         return self.questions[i]
@@ -158,7 +163,9 @@ class QADataset:
         for p in parts:
             qs.extend(p.questions)
             for task in {q.task for q in p.questions}:
-                per_task[task] = tuple(dict.fromkeys(per_task.get(task, ()) + p.candidates_for(task)))
+                per_task[task] = tuple(
+                    dict.fromkeys(per_task.get(task, ()) + p.candidates_for(task))
+                )
             for k, v in p.skipped.items():
                 skipped[f"{p.name}:{k}"] = skipped.get(f"{p.name}:{k}", 0) + v
         return QADataset(name, qs, (), ",".join(p.source for p in parts), skipped, per_task)
