@@ -7,6 +7,7 @@ from sklearn.metrics import roc_auc_score
 from tl_truth import baselines
 from tl_truth.baselines import (
     evaluate_baselines,
+    last_token_logits,
     letter_token_ids,
     logit_scores,
     p_true_prompts,
@@ -14,6 +15,17 @@ from tl_truth.baselines import (
     render_p_true_prompt,
 )
 from tl_truth.prompts import CHAT, QA
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny matmuls gain nothing from threads, and on a busy machine 2 threads are ~100x slower.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _record(probs, span=None, n_prompt=3, question="What is 12 + 30?", answer="42"):
@@ -117,6 +129,27 @@ def test_p_true_scores_shape_range_orders_and_batching(tiny, monkeypatch):
 
     single = p_true_scores(tiny, recs, batch_size=1, progress=False)
     np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_left_padded_logits_match_unpadded(tiny):
+    # p(True) of a random tiny model sits near 0.5, so check padding on the logits themselves:
+    # a forward without the mask is off by > 5e-3 here on every architecture.
+    from tl_truth.generation import tokenize_prompts
+    from tl_truth.prompts import default_format
+
+    tok, fmt = tiny.tokenizer, default_format(tiny)
+    texts = [
+        render_p_true_prompt(tok, fmt, r["question"], r["answer"], true_first)
+        for r in _recs_for_tiny()
+        for true_first in (True, False)
+    ]
+    ids = tokenize_prompts(tok, texts, fmt)
+    assert len({len(i) for i in ids}) > 1  # the batch really is padded
+    batched = last_token_logits(tiny, ids, tok.pad_token_id)
+    for row, one in zip(batched, ids, strict=True):
+        np.testing.assert_allclose(
+            row, last_token_logits(tiny, [one], tok.pad_token_id)[0], atol=1e-5
+        )
 
 
 def test_p_true_scores_is_mean_of_true_letter_over_orders(tiny):

@@ -447,3 +447,12 @@ def test_candidates_are_per_task_in_mixed_datasets():
     mixed = QADataset.concat("mix", [a, b])
     assert mixed.candidates_for("currencies") == ("Yen", "Dollar")
     assert "In" not in mixed.candidates_for("currencies")
+
+
+def test_echoed_candidate_counts_only_when_named_again():
+    q = make_question("aw", "What is the capital of Aruba?", ["Oranjestad"], "capitals", "factual")
+    cands = ("Oranjestad", "Aruba", "Paris")
+    got = find_exact_answer(q, "The capital of Aruba is Aruba.", candidates=cands)
+    assert got.source == "candidate" and got.char_span == (24, 29)
+    got = find_exact_answer(q, "The capital of Aruba is lovely.", candidates=cands)
+    assert got.source == "none"

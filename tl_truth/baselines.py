@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from tl_truth.generation import tokenize_prompts
 from tl_truth.models import model_device
+from tl_truth.probes import bootstrap_auc_ci, roc_auc
 from tl_truth.prompts import PromptFormat, default_format
 
 LOGIT_SCORES = (
@@ -122,10 +123,8 @@ def letter_token_ids(tokenizer: Any) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def _letter_probs(
-    model: Any, prompts: Sequence[Sequence[int]], letters: tuple[int, int], pad_id: int
-) -> np.ndarray:
-    """p(A) from a softmax over the two letters at the last position; one left-padded forward."""
+def last_token_logits(model: Any, prompts: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """Next-token logits [batch, vocab] after each prompt, from one left-padded masked forward."""
     batch = len(prompts)
     width = max(len(p) for p in prompts)
     tokens = torch.full((batch, width), pad_id, dtype=torch.long)
@@ -134,9 +133,16 @@ def _letter_probs(
         tokens[r, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
         mask[r, width - len(p) :] = 1
     device = model_device(model)
-    logits = model(tokens.to(device), attention_mask=mask.to(device))[:, -1].float()
+    return model(tokens.to(device), attention_mask=mask.to(device))[:, -1].float().cpu()
+
+
+def _letter_probs(
+    model: Any, prompts: Sequence[Sequence[int]], letters: tuple[int, int], pad_id: int
+) -> np.ndarray:
+    """p(A) from a softmax over the two letter tokens only."""
+    logits = last_token_logits(model, prompts, pad_id)
     two = torch.softmax(logits[:, list(letters)], dim=-1)
-    return two[:, 0].cpu().numpy().astype(np.float64)
+    return two[:, 0].numpy().astype(np.float64)
 
 
 def p_true_scores(
@@ -177,50 +183,6 @@ def p_true_scores(
 # Evaluation
 
 
-def _auc_rows(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """ROC AUC of each row (Mann-Whitney U with tie-averaged ranks); NaN for one-class rows."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores, axis=-1)
-    n_pos = labels.sum(-1)
-    n_neg = labels.shape[-1] - n_pos
-    u = (ranks * labels).sum(-1) - n_pos * (n_pos + 1) / 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
-
-
-def _roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """ROC AUC of `scores` for `labels` (True = positive); NaN when only one class is present."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
-    return float(_auc_rows(scores[None], labels[None])[0])
-
-
-def _bootstrap_auc_ci(
-    scores: np.ndarray, labels: np.ndarray, n_boot: int = 1000, seed: int = 0
-) -> tuple[float, float]:
-    """95% percentile interval of the AUC over resamples (single-class resamples skipped)."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(scores), (n_boot, len(scores)))
-    chunk = max(1, 2_000_000 // max(1, len(scores)))
-    aucs = (
-        np.concatenate(
-            [
-                _auc_rows(scores[idx[i : i + chunk]], labels[idx[i : i + chunk]])
-                for i in range(0, n_boot, chunk)
-            ]
-        )
-        if n_boot > 0
-        else np.array([])
-    )
-    aucs = aucs[~np.isnan(aucs)]
-    if aucs.size == 0:
-        return (float("nan"), float("nan"))
-    lo, hi = np.percentile(aucs, [2.5, 97.5])
-    return (float(lo), float(hi))
-
-
 def evaluate_baselines(
     scores: Mapping[str, np.ndarray],
     labels: Sequence[bool] | np.ndarray,
@@ -243,10 +205,10 @@ def evaluate_baselines(
         if s.shape != labels.shape:
             raise ValueError(f"scores {name!r} have shape {s.shape}, labels {labels.shape}")
         keep = mask & ~np.isnan(s)
-        auc = _roc_auc(s[keep], labels[keep]) if keep.any() else float("nan")
+        auc = roc_auc(s[keep], labels[keep]) if keep.any() else float("nan")
         if np.isnan(auc):
             ci = (float("nan"), float("nan"))
         else:
-            ci = _bootstrap_auc_ci(s[keep], labels[keep], n_boot, seed)
+            ci = bootstrap_auc_ci(s[keep], labels[keep], n_boot, seed)
         out[name] = {"auc": auc, "ci": [ci[0], ci[1]], "n": int(keep.sum())}
     return out

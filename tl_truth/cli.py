@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from tl_truth.models import BUILTIN_MODELS, DEFAULT_MODEL
 
@@ -85,12 +86,64 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from tl_truth.data import load_questions
+    from tl_truth.generation import GenerationConfig
+    from tl_truth.models import hook_name, load_model
+    from tl_truth.positions import NAMED_POSITIONS
+    from tl_truth.prompts import parse_format
+    from tl_truth.report import run_all
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = load_questions(args.dataset, args.limit)
+    model = load_model(
+        args.model, backend=args.backend, device=args.device, compatibility_mode=args.compat
+    )
+    kinds = [k.strip() for k in args.hooks.split(",") if k.strip()]
+    layers = range(model.cfg.n_layers)
+    hooks = [hook_name(k, layer) for k in kinds for layer in layers]
+    positions = tuple(args.positions.split(",")) if args.positions else NAMED_POSITIONS
+    report = run_all(
+        model,
+        dataset,
+        args.out,
+        GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
+        parse_format(args.prompt, model),
+        hooks=hooks,
+        positions=positions,
+        n_boot=args.n_boot,
+        p_true=not args.no_p_true,
+        extract_with_model=not args.no_model_extract,
+        progress=not args.quiet,
+    )
+    print()
+    print(report.to_markdown())
+    print(
+        f"Report: {Path(args.out) / 'report.md'} (also report.json, probe_grid.png, best_probe.*)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tl-truth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="answer, grade and locate exact answers")
     _common(g)
     g.set_defaults(func=cmd_generate)
+    r = sub.add_parser("run", help="generate + capture + probe grid + baselines -> report")
+    _common(r)
+    r.add_argument(
+        "--hooks",
+        default="resid_post",
+        help="hook kinds, comma-separated: resid_pre,resid_mid,resid_post,attn_out,mlp_out",
+    )
+    r.add_argument("--positions", default=None, help="comma-separated named positions")
+    r.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for CIs")
+    r.add_argument("--no-p-true", action="store_true", help="skip the p(True) baseline")
+    r.set_defaults(func=cmd_run)
     return parser
 
 

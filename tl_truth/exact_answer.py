@@ -143,9 +143,23 @@ def _first_candidate(
     cs = question.case_sensitive
     echoed = {c for c in candidates if find_span(question.question, c, case_sensitive=cs)}
     fresh = [c for c in candidates if c not in echoed]
-    return find_first(answer, fresh, case_sensitive=cs) or (
-        find_first(answer, sorted(echoed), case_sensitive=cs) if echoed else None
-    )
+    hit = find_first(answer, fresh, case_sensitive=cs)
+    if hit is not None or not echoed:
+        return hit
+    # An echoed entity inside a restatement of the question ("The capital of Aruba is
+    # Aruba") is not the answer; a later mention is.
+    first = find_first(answer, sorted(echoed), case_sensitive=cs)
+    if first is None or not _restates_question(question.question, answer, first[0]):
+        return first
+    again = find_first(answer[first[1] :], [first[2]], case_sensitive=cs)
+    return None if again is None else (first[1] + again[0], first[1] + again[1], first[2])
+
+
+def _restates_question(question: str, answer: str, start: int) -> bool:
+    """Whether the two words before `start` in the answer both come from the question."""
+    before = _WORD.findall(answer[:start])[-2:]
+    q_words = {w.casefold() for w in _WORD.findall(question)}
+    return len(before) == 2 and all(w.casefold() in q_words for w in before)
 
 
 def _locate_model_output(answer: str, output: str) -> tuple[int, int] | None:
