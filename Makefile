@@ -43,7 +43,7 @@ test-unit: $(STAMP)
 	$(PY) -m pytest -q -m "not integration"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check tl_truth tests benchmarks
+	$(VENV)/bin/ruff check tl_truth tests benchmarks tutorials
 	$(VENV)/bin/ruff format --check tl_truth tests benchmarks
 
 bench: $(STAMP)

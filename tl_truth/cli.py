@@ -86,6 +86,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    """`all`, `every:K` (0, K, 2K, ... and the last layer) or `0,5,10`."""
+    if spec == "all":
+        return list(range(n_layers))
+    if spec.startswith("every:"):
+        step = int(spec.split(":", 1)[1])
+        return sorted(set(range(0, n_layers, step)) | {n_layers - 1})
+    layers = [int(x) for x in spec.split(",") if x.strip()]
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad or not layers:
+        raise ValueError(f"--layers {spec!r}: layers must be in 0..{n_layers - 1}")
+    return layers
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
@@ -103,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.model, backend=args.backend, device=args.device, compatibility_mode=args.compat
     )
     kinds = [k.strip() for k in args.hooks.split(",") if k.strip()]
-    layers = range(model.cfg.n_layers)
+    layers = parse_layers(args.layers, model.cfg.n_layers)
     hooks = [hook_name(k, layer) for k in kinds for layer in layers]
     positions = tuple(args.positions.split(",")) if args.positions else NAMED_POSITIONS
     report = run_all(
@@ -140,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="resid_post",
         help="hook kinds, comma-separated: resid_pre,resid_mid,resid_post,attn_out,mlp_out",
     )
+    r.add_argument("--layers", default="all", help="all, every:K, or comma-separated indices")
     r.add_argument("--positions", default=None, help="comma-separated named positions")
     r.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for CIs")
     r.add_argument("--no-p-true", action="store_true", help="skip the p(True) baseline")

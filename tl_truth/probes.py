@@ -767,18 +767,39 @@ class ProbeGrid:
             return self.auc_shuffled, None, None
         raise ValueError(f"kind must be 'auc', {self.kind!r}, 'mean_diff' or 'shuffled'")
 
-    def best(self, kind: str | None = None) -> dict:
-        """The cell with the highest test AUC (nan cells ignored), with its 95% CI."""
-        values, lo, hi = self._values(kind or self.kind)
-        if np.isnan(values).all():
-            raise ValueError("no cell has a test AUC (too few examples everywhere)")
-        h, p = np.unravel_index(np.nanargmax(values), values.shape)
+    def best(
+        self, kind: str | None = None, by: str = "cv", positions: Sequence[str] | None = None
+    ) -> dict:
+        """The best cell and its test AUC with the 95% CI.
+
+        `by="cv"` (default) chooses by the train cross-validation AUC, so the reported test AUC
+        is an honest estimate; `by="test"` picks the highest test AUC, which is optimistic.
+        Mean-difference probes have no CV score and are always chosen by test AUC.
+        `positions` restricts the choice to some positions.
+        """
+        kind = kind or self.kind
+        values, lo, hi = self._values(kind)
+        key = np.asarray(self.cv_auc, dtype=float) if by == "cv" and kind == "logistic" else values
+        if by not in ("cv", "test"):
+            raise ValueError(f"by must be 'cv' or 'test', got {by!r}")
+        cols = (
+            [self.positions.index(p) for p in positions]
+            if positions
+            else range(len(self.positions))
+        )
+        cols = list(cols)
+        sub = key[:, cols]
+        if np.isnan(sub).all():
+            raise ValueError("no cell has a score (too few examples everywhere)")
+        h, c = np.unravel_index(np.nanargmax(sub), sub.shape)
+        p = cols[c]
         return {
             "hook": self.hooks[h],
             "layer": self.layers[h],
             "position": self.positions[p],
             "auc": float(values[h, p]),
             "ci": None if lo is None else (float(lo[h, p]), float(hi[h, p])),
+            "selected_by": "train_cv_auc" if key is not values else "test_auc",
         }
 
     def plot(self, ax: Any = None, kind: str = "auc", cmap: str = "viridis"):
@@ -972,7 +993,7 @@ def fit_probe_grid(
     progress: bool = True,
     chunk_cells: int = 64,
     tol: float = 1e-4,
-    max_iter: int = 500,
+    max_iter: int = 100,
 ) -> ProbeGrid:
     """Fit a probe for every (hook, position) cell, all cells of a chunk in one batched solve.
 

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tl_truth.probes import ProbeGrid, fit_probe_grid
 
 from tl_truth.activations import ActivationStore, capture, default_hooks
 from tl_truth.answers import AnswerRun, answer_questions
 from tl_truth.baselines import evaluate_baselines, logit_scores, p_true_scores
 from tl_truth.generation import GenerationConfig
 from tl_truth.positions import NAMED_POSITIONS
+from tl_truth.probes import ProbeGrid, fit_probe_grid
 from tl_truth.prompts import PromptFormat
 from tl_truth.questions import QADataset
 
@@ -63,7 +63,7 @@ class ProbeReport:
             "selected": self.selected,
             "baselines": self.baselines,
             "shuffled_control": {
-                "auc": self.selected["exact"].get("auc_shuffled"),
+                "auc": (self.selected["exact"] or {}).get("auc_shuffled"),
                 "auc_grid_mean": _nanmean(g.auc_shuffled),
             },
             "per_task": self.summary["per_task"],
@@ -150,24 +150,24 @@ def _nanmean(a: Any) -> float | None:
 
 
 def select_cell(grid: ProbeGrid, positions: tuple[str, ...]) -> dict | None:
-    """The cell among `positions` with the best train cross-validation AUC."""
-    cols = [grid.positions.index(p) for p in positions if p in grid.positions]
-    if not cols:
+    """The cell among `positions` with the best train cross-validation AUC, with extras."""
+    positions = tuple(p for p in positions if p in grid.positions)
+    if not positions:
         return None
-    cv = np.asarray(grid.cv_auc, dtype=float)[:, cols]
-    if np.all(np.isnan(cv)):
+    try:
+        best = grid.best(by="cv", positions=positions)
+    except ValueError:
         return None
-    h, c = np.unravel_index(np.nanargmax(cv), cv.shape)
-    p = cols[c]
+    h, p = grid.hooks.index(best["hook"]), grid.positions.index(best["position"])
 
     def at(a):
         v = float(np.asarray(a, dtype=float)[h, p])
         return None if np.isnan(v) else round(v, 4)
 
     return {
-        "hook": grid.hooks[h],
-        "layer": grid.layers[h],
-        "position": grid.positions[p],
+        "hook": best["hook"],
+        "layer": best["layer"],
+        "position": best["position"],
         "auc": at(grid.auc),
         "ci": [at(grid.auc_ci_low), at(grid.auc_ci_high)],
         "cv_auc": at(grid.cv_auc),
@@ -211,7 +211,11 @@ def probe_report(
     t1 = time.perf_counter()
     scores = logit_scores(records)
     if p_true:
-        scores["p_true"] = p_true_scores(model, records, progress=progress)
+        # Baselines are only evaluated on the test split: judge only those answers.
+        test_rows = np.flatnonzero(test.numpy())
+        judged = p_true_scores(model, [records[i] for i in test_rows], progress=progress)
+        scores["p_true"] = np.full(len(records), np.nan)
+        scores["p_true"][test_rows] = judged
     baselines = evaluate_baselines(scores, labels.numpy(), test.numpy(), n_boot=n_boot, seed=seed)
     t_base = time.perf_counter() - t1
 
@@ -247,9 +251,15 @@ def run_all(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    config = config or GenerationConfig()
     gen_file = out / "generations.jsonl"
     if gen_file.exists() and _same_questions(gen_file, dataset):
         run = AnswerRun.load(out)  # resume: generation is the slow part
+        if run.summary.get("generation") != json.loads(json.dumps(vars(config))):
+            raise ValueError(
+                f"{out} holds generations made with other settings "
+                f"({run.summary.get('generation')}); use another --out or delete it"
+            )
     else:
         run = answer_questions(model, dataset, config, fmt, extract_with_model, progress)
         run.save(out)
