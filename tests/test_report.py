@@ -141,3 +141,45 @@ def test_cli_run_on_smollm2(tmp_path, capsys):
     assert mtimes == {
         p.name: p.stat().st_mtime_ns for p in (out / "activations").glob("*.safetensors")
     }
+
+
+def test_score_records_matches_grid_and_refuses_other_models(tmp_path):
+    import torch
+    from tiny import tiny_model
+
+    from tl_truth.probes import ProbeMismatchError
+    from tl_truth.scoring import score_records
+
+    model = tiny_model("gpt2", "bridge")
+    qs = [make_question(str(i), f"Name {i}?", "x", "t", "factual") for i in range(30)]
+    run = answer_questions(
+        model,
+        QADataset("m", qs),
+        GenerationConfig(max_new_tokens=4),
+        extract_with_model=False,
+        progress=False,
+    )
+    for i, r in enumerate(run.records):
+        r["correct"] = bool(i % 2)
+    store = capture(
+        model,
+        run.records,
+        tmp_path / "a",
+        positions=["last_prompt"],
+        dtype=torch.float32,
+        progress=False,
+    )
+    acts, valid = store.load()
+    probe = Probe.from_data(
+        acts[:, 1, 0],
+        store.labels,
+        hook=store.hooks[1],
+        layer=1,
+        position="last_prompt",
+        model=store.model,
+    )
+    got = score_records(model, probe, run.records)
+    torch.testing.assert_close(got, probe.predict_proba(acts[:, 1, 0]).float(), atol=1e-4, rtol=0)
+    other = tiny_model("llama", "bridge")
+    with pytest.raises(ProbeMismatchError, match="fingerprint"):
+        score_records(other, probe, run.records)

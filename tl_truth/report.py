@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from tl_truth.activations import ActivationStore, capture, default_hooks
 from tl_truth.answers import AnswerRun, answer_questions
@@ -38,6 +39,7 @@ class ProbeReport:
     baselines: dict
     selected: dict  # position group -> the cell chosen by train CV and its test AUC
     timings: dict = field(default_factory=dict)
+    same_examples: dict | None = None  # every method on the test examples with an exact answer
 
     def to_dict(self) -> dict:
         g = self.grid
@@ -66,6 +68,7 @@ class ProbeReport:
                 "auc": (self.selected["exact"] or {}).get("auc_shuffled"),
                 "auc_grid_mean": _nanmean(g.auc_shuffled),
             },
+            "same_examples": self.same_examples,
             "per_task": self.summary["per_task"],
             "timings": self.timings,
         }
@@ -130,6 +133,17 @@ class ProbeReport:
             lines.append(
                 f"| {method} | {where} | {auc_s} | {ci_s} | {n if n is not None else ''} |"
             )
+        if self.same_examples:
+            lines += [
+                "",
+                f"The same methods on the same {self.same_examples['n']} test examples (those "
+                "with a located exact answer):",
+                "",
+                "| method | AUC | 95% CI |",
+                "|---|---|---|",
+            ]
+            for name, b in self.same_examples["auc"].items():
+                lines.append(f"| {name} | {_fmt(b['auc'])} | {_fmt_ci(b['ci'])} |")
         lines += ["", "![probe grid](probe_grid.png)", ""]
         t = self.timings
         lines.append("Timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
@@ -139,9 +153,32 @@ class ProbeReport:
         return self.grid.plot()
 
 
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None or np.isnan(v) else f"{v:.3f}"
+
+
+def _fmt_ci(ci: Any) -> str:
+    if not ci or ci[0] is None or np.isnan(ci[0]):
+        return ""
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def _nan_to_none(a: Any) -> Any:
     arr = np.asarray(a, dtype=float)
     return [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in arr]
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN -> null (strict JSON), numpy scalars -> Python, tuples -> lists."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return None if np.isnan(x) else round(float(x), 4)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
 
 
 def _nanmean(a: Any) -> float | None:
@@ -225,13 +262,44 @@ def probe_report(
         "last_prompt": select_cell(grid, ("last_prompt",)),
         "any": select_cell(grid, tuple(store.positions)),
     }
+    same = same_examples(grid, selected, acts, valid, store, scores, n_boot, seed)
     return ProbeReport(
         run.summary,
         grid,
         baselines,
         selected,
         {"probe_s": round(t_probe, 2), "baselines_s": round(t_base, 2)},
+        same_examples=same,
     )
+
+
+def same_examples(grid, selected, acts, valid, store, scores, n_boot, seed) -> dict | None:
+    """Every method on the *same* test examples: those that have an exact answer.
+
+    The exact-answer probe can only be scored where an exact answer was located, which may be
+    an easier or harder subset than the whole test split; this table removes that difference.
+    """
+    ex = selected.get("exact")
+    if ex is None:
+        return None
+    p_ex = store.positions.index(ex["position"])
+    test = store.split_mask("test") & valid[:, p_ex]
+    rows = torch.nonzero(test).squeeze(1)
+    method_scores = {}
+    for group in ("exact", "last_generated", "last_prompt"):
+        cell = selected.get(group)
+        if cell is None:
+            continue
+        h, p = store.hooks.index(cell["hook"]), store.positions.index(cell["position"])
+        probe = grid.probe(cell["hook"], cell["position"])
+        full = np.full(len(store), np.nan)
+        full[rows.numpy()] = probe.decision_function(acts[rows, h, p]).double().numpy()
+        method_scores[f"probe @ {group} ({cell['hook']} / {cell['position']})"] = full
+    method_scores.update(scores)
+    table = evaluate_baselines(
+        method_scores, store.labels.numpy(), test.numpy(), n_boot=n_boot, seed=seed
+    )
+    return {"n": int(test.sum()), "auc": table}
 
 
 def run_all(
@@ -292,7 +360,7 @@ def save_report(report: ProbeReport, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    (out / "report.json").write_text(json.dumps(_json_safe(report.to_dict()), indent=2))
     (out / "report.md").write_text(report.to_markdown())
     fig = report.grid.plot()
     fig = getattr(fig, "figure", fig)
