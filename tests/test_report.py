@@ -80,28 +80,10 @@ def test_parse_layers():
 @pytest.mark.integration
 def test_cli_run_on_smollm2(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(
-        [
-            "run",
-            "--dataset",
-            "capitals",
-            "--limit",
-            "48",
-            "--layers",
-            "every:6",
-            "--positions",
-            "last_prompt,exact_first,exact_last,last_generated",
-            "--max-new-tokens",
-            "24",
-            "--no-model-extract",
-            "--n-boot",
-            "200",
-            "--out",
-            str(out),
-            "--quiet",
-        ]
-    )
-    assert rc == 0
+    args = "run --dataset capitals --limit 48 --layers every:6 --max-new-tokens 24 "
+    args += "--positions last_prompt,exact_first,exact_last,last_generated "
+    args += f"--no-model-extract --n-boot 200 --quiet --out {out}"
+    assert main(args.split()) == 0
     data = json.loads((out / "report.json").read_text())
     assert data["model"]["name"] == "smollm2-135m-instruct"
     assert data["layers"] == [0, 6, 12, 18, 24, 29]
@@ -112,35 +94,12 @@ def test_cli_run_on_smollm2(tmp_path, capsys):
     assert (out / "activations" / "meta.json").exists()
     assert "Report:" in capsys.readouterr().out
     # Re-running resumes: generations and shards are reused, the report is rewritten.
-    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "activations").glob("*.safetensors")}
-    assert (
-        main(
-            [
-                "run",
-                "--dataset",
-                "capitals",
-                "--limit",
-                "48",
-                "--layers",
-                "every:6",
-                "--positions",
-                "last_prompt,exact_first,exact_last,last_generated",
-                "--max-new-tokens",
-                "24",
-                "--no-model-extract",
-                "--n-boot",
-                "200",
-                "--no-p-true",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert mtimes == {
-        p.name: p.stat().st_mtime_ns for p in (out / "activations").glob("*.safetensors")
-    }
+    shards = (out / "activations").glob("*.safetensors")
+    mtimes = {p.name: p.stat().st_mtime_ns for p in shards}
+    assert main([*args.split(), "--no-p-true"]) == 0
+    shards = (out / "activations").glob("*.safetensors")
+    assert mtimes == {p.name: p.stat().st_mtime_ns for p in shards}
+    assert json.loads((out / "report.json").read_text())["baselines"].get("p_true") is None
 
 
 def test_score_records_matches_grid_and_refuses_other_models(tmp_path):
