@@ -1,0 +1,118 @@
+"""Directions in the residual stream to steer along: from probes, plus random and negated controls.
+
+A `Direction` is a unit vector at one hook point. It records the standard deviation of the
+activations' projection onto it, so a steering strength can be given in standard deviations
+(as Inference-Time Intervention does) and means the same thing at any layer or model size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+Units = Literal["sd", "abs"]
+
+
+@dataclass
+class Direction:
+    """A unit vector at `hook`; `projection_std`/`mean` describe activations projected onto it."""
+
+    vector: Float[Tensor, " d"]
+    hook: str | None = None
+    layer: int | None = None
+    source: str = "unknown"  # "logistic" | "mean_diff" | "random" | "negated" | ...
+    projection_std: float = 1.0
+    projection_mean: float = 0.0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        v = torch.as_tensor(self.vector).detach().float().reshape(-1)
+        norm = v.norm()
+        if not bool(torch.isfinite(norm)) or float(norm) == 0.0:
+            raise ValueError("a direction needs a finite, non-zero vector")
+        self.vector = v / norm  # unit norm, so only the strength sets the size of a push
+
+    @property
+    def d(self) -> int:
+        return self.vector.shape[0]
+
+    def scaled(self, alpha: float, units: Units = "sd") -> Float[Tensor, " d"]:
+        """The vector to add: `alpha` standard deviations of the projection (or `alpha` raw)."""
+        if units not in ("sd", "abs"):
+            raise ValueError(f"units must be 'sd' or 'abs', got {units!r}")
+        return self.vector * (alpha * (self.projection_std if units == "sd" else 1.0))
+
+    def project(self, acts: Float[Tensor, "*batch d"]) -> Float[Tensor, " *batch"]:
+        return acts.float() @ self.vector.to(acts.device)
+
+
+def _projection_stats(vector: Tensor, acts: Tensor) -> tuple[float, float]:
+    proj = torch.as_tensor(acts).detach().float().reshape(-1, vector.shape[0]) @ vector
+    std = float(proj.std()) if proj.numel() > 1 else 0.0
+    return float(proj.mean()), std
+
+
+def from_probe(probe: Any, acts: Float[Tensor, "n d"] | None = None) -> Direction:
+    """The probe's direction (towards "correct"), with projection stats measured on `acts`.
+
+    `acts` should be activations at the probe's own (hook, position) cell. Without them the
+    std is 1.0, so "sd" units silently become absolute ones: metadata says so.
+    """
+    vec = probe.direction.detach().float()
+    meta: dict[str, Any] = {
+        "probe_kind": probe.kind,
+        "position": probe.position,
+        "model": probe.model,
+    }
+    mean, std = 0.0, 1.0
+    if acts is None:
+        meta["projection_std_measured"] = False
+    else:
+        mean, std = _projection_stats(vec / vec.norm(), acts)
+        if std <= 0.0:
+            raise ValueError("activations have zero spread along the probe direction")
+        meta["projection_std_measured"] = True
+        meta["n_acts"] = int(torch.as_tensor(acts).reshape(-1, vec.shape[0]).shape[0])
+    return Direction(
+        vector=vec,
+        hook=probe.hook,
+        layer=probe.layer,
+        source=probe.kind,
+        projection_std=std,
+        projection_mean=mean,
+        metadata=meta,
+    )
+
+
+def random_like(direction: Direction, n: int = 1, seed: int = 0) -> list[Direction]:
+    """`n` random unit vectors at the same hook, as a control for steering along `direction`.
+
+    They keep the original's `projection_std`, so the same alpha in "sd" units adds a vector
+    of the same absolute norm: only the direction differs (a norm-matched control).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    vecs = [torch.randn(direction.d, generator=gen) for _ in range(n)]  # row i ignores n
+    return [
+        replace(
+            direction,
+            vector=v,
+            source="random",
+            metadata={**direction.metadata, "random_of": direction.source, "seed": seed, "i": i},
+        )
+        for i, v in enumerate(vecs)
+    ]
+
+
+def negated(direction: Direction) -> Direction:
+    """The opposite direction (towards "wrong" for a probe direction)."""
+    return replace(
+        direction,
+        vector=-direction.vector,
+        source="negated",
+        projection_mean=-direction.projection_mean,
+        metadata={**direction.metadata, "negated_of": direction.source},
+    )
