@@ -141,6 +141,81 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_steer(args: argparse.Namespace) -> int:
+    import torch
+
+    from tl_truth.activations import ActivationStore
+    from tl_truth.data import load_questions
+    from tl_truth.directions import from_probe
+    from tl_truth.generation import GenerationConfig
+    from tl_truth.models import load_model, model_info
+    from tl_truth.probes import Probe
+    from tl_truth.steer_eval import steering_sweep
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if bool(args.probe) == bool(args.from_run):
+        raise ValueError("give exactly one of --probe PATH or --from-run DIR")
+    model = load_model(
+        args.model, backend=args.backend, device=args.device, compatibility_mode=args.compat
+    )
+    info = model_info(model)
+    probes = {}
+    if args.probe:
+        probe = Probe.load(args.probe, expect_model=info)
+        probes[probe.layer] = (probe, from_probe(probe))
+    else:
+        run_dir = Path(args.from_run)
+        store = ActivationStore.open(run_dir / "activations")
+        report = json.loads((run_dir / "report.json").read_text())
+        position = (report.get("best") or report["selected"]["any"])["position"]
+        train = store.split_mask("train")
+        layers = (
+            parse_layers(args.layers, info.n_layers) if args.layers else [report["best"]["layer"]]
+        )
+        for layer in layers:
+            hook = f"blocks.{layer}.hook_resid_post"
+            if hook not in store.hooks:
+                raise ValueError(f"{hook} was not captured in {run_dir}; captured: {store.hooks}")
+            x, rows = store.cell(hook, position)
+            keep = train[rows]
+            probe = Probe.from_data(
+                x[keep],
+                store.labels[rows][keep],
+                hook=hook,
+                layer=layer,
+                position=position,
+                model=store.model,
+            )
+            probe.check_compatible(info)
+            probes[layer] = (probe, from_probe(probe, x[keep]))
+    dataset = load_questions(args.dataset, None)
+    held_out = dataset.test
+    if args.limit:
+        held_out = held_out.limit(args.limit)
+    alphas = [float(a) for a in args.alphas.split(",")]
+    result = steering_sweep(
+        model,
+        held_out,
+        probes,
+        alphas,
+        scope=args.scope,
+        units=args.units,
+        n_random=args.n_random,
+        config=GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
+        progress=not args.quiet,
+    )
+    result.meta = {
+        "model": info.to_dict(),
+        "dataset": args.dataset,
+        "probe_position": next(iter(probes.values()))[0].position,
+    }
+    out = result.save(args.out)
+    print(result.to_markdown())
+    print(f"Report: {out / 'steering.md'} (also steering.json, steering.png)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tl-truth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +234,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for CIs")
     r.add_argument("--no-p-true", action="store_true", help="skip the p(True) baseline")
     r.set_defaults(func=cmd_run)
+    st = sub.add_parser(
+        "steer",
+        help="add probe directions to the residual stream, judged on "
+        "correctness against random directions",
+    )
+    _common(st)
+    st.add_argument("--probe", default=None, help="a saved probe (path without extension)")
+    st.add_argument("--from-run", default=None, help="a `tl-truth run` output directory")
+    st.add_argument(
+        "--layers",
+        default=None,
+        help="with --from-run: layers to steer (default: the report's best layer)",
+    )
+    st.add_argument("--alphas", default="2,4,8", help="strengths, comma-separated")
+    st.add_argument(
+        "--units",
+        choices=["sd", "abs"],
+        default="sd",
+        help="alpha in SDs of the projection onto the direction, or absolute",
+    )
+    st.add_argument("--scope", default="all", choices=["all", "prompt", "last_prompt", "generated"])
+    st.add_argument("--n-random", type=int, default=5, help="random directions per setting")
+    st.set_defaults(func=cmd_steer, max_new_tokens=24)
     return parser
 
 
