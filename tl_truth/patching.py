@@ -148,12 +148,15 @@ class PatchResult:
     positions: list[int] = field(default_factory=list)
     labels: list[str] | None = None  # token strings of the patched positions, if known
     n_examples: int = 1
+    layers: list[int] | None = None  # the patched layers (default 0..n-1)
 
     def __post_init__(self) -> None:
         if self.probe_score.shape != self.answer_logit.shape:
             raise ValueError("probe_score and answer_logit must have the same shape")
         if not self.positions:
             self.positions = list(range(self.probe_score.shape[1]))
+        if self.layers is None:
+            self.layers = list(range(self.probe_score.shape[0]))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -163,7 +166,7 @@ class PatchResult:
         """One row per (layer, position): probe_score, answer_logit and both baselines."""
         n_layers, n_pos = self.shape
         rows = []
-        for layer in range(n_layers):
+        for i, layer in enumerate(self.layers):
             for j in range(n_pos):
                 rows.append(
                     {
@@ -171,8 +174,8 @@ class PatchResult:
                         "layer": layer,
                         "position": self.positions[j],
                         "token": self.labels[j] if self.labels else None,
-                        "probe_score": float(self.probe_score[layer, j]),
-                        "answer_logit": float(self.answer_logit[layer, j]),
+                        "probe_score": float(self.probe_score[i, j]),
+                        "answer_logit": float(self.answer_logit[i, j]),
                         "clean_probe_score": self.clean_probe_score,
                         "corrupted_probe_score": self.corrupted_probe_score,
                         "clean_answer_logit": self.clean_answer_logit,
@@ -209,6 +212,8 @@ class PatchResult:
             ax.set_ylabel(f"layer ({self.hook_kind})")
             ax.set_xticks(range(n_pos))
             ax.set_xticklabels(ticks, rotation=90, fontsize=7)
+            ax.set_yticks(range(n_layers))
+            ax.set_yticklabels([str(x) for x in self.layers], fontsize=7)
             fig.colorbar(im, ax=ax)
         if title:
             fig.suptitle(title)
@@ -333,6 +338,8 @@ def patch_probe_and_logit(
     answer_position: int,
     hook_kind: str = "resid_pre",
     show_progress: bool = False,
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
 ) -> PatchResult:
     """The paper's experiment on one question (clean = the right run, corrupted = the wrong one).
 
@@ -348,13 +355,21 @@ def patch_probe_and_logit(
             "answer_logit": logit_metric(answer_token_id, answer_position),
         }
         out, clean, corrupted = patch_metrics(
-            model, clean_tokens, corrupted_tokens, metrics, hook_kind, show_progress=show_progress
+            model,
+            clean_tokens,
+            corrupted_tokens,
+            metrics,
+            hook_kind,
+            layers,
+            positions,
+            show_progress=show_progress,
         )
     n_pos = out["probe_score"].shape[1]
+    patched = list(positions) if positions is not None else list(range(n_pos))
     labels = None
     if getattr(model, "tokenizer", None) is not None:
-        ids = torch.as_tensor(corrupted_tokens).reshape(-1)[:n_pos].tolist()
-        labels = [model.tokenizer.decode([t]) for t in ids]
+        ids = torch.as_tensor(corrupted_tokens).reshape(-1).tolist()
+        labels = [model.tokenizer.decode([ids[p]]) for p in patched]
     return PatchResult(
         probe_score=out["probe_score"],
         answer_logit=out["answer_logit"],
@@ -363,8 +378,9 @@ def patch_probe_and_logit(
         clean_answer_logit=clean["answer_logit"],
         corrupted_answer_logit=corrupted["answer_logit"],
         hook_kind=hook_kind,
-        positions=list(range(n_pos)),
+        positions=patched,
         labels=labels,
+        layers=list(layers) if layers is not None else None,
     )
 
 

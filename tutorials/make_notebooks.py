@@ -422,9 +422,165 @@ except ValueError as e:
     ),
 ]
 
+
+STEERING_AND_PATCHING = [
+    md(
+        """
+# 03 · Steering with probe directions, and probes inside activation patching
+
+The probe of notebook 02 *detects* errors. Does its direction also *fix* them? We add it to the
+residual stream while the model answers and count wrong -> right (recovery) and right -> wrong
+(break), against a random direction of the same norm. Then we use the probe as a metric in
+activation patching: for a question answered wrong by greedy decoding but right in a sample,
+which (layer, position) activations from the right run move the probe score and the logit of
+the right answer? A small slice here; `tl-truth steer` runs the full sweep.
+"""
+    ),
+    code(
+        """
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tl_truth.activations import capture
+from tl_truth.answers import answer_questions
+from tl_truth.data import load_questions
+from tl_truth.directions import from_probe, random_like
+from tl_truth.exact_answer import find_exact_answer
+from tl_truth.generation import GenerationConfig, generate, generate_ids
+from tl_truth.grading import grade
+from tl_truth.models import load_model
+from tl_truth.patching import patch_probe_and_logit
+from tl_truth.positions import exact_answer_token_span
+from tl_truth.probes import Probe
+from tl_truth.steering import steer
+
+torch.set_num_threads(2)
+model = load_model()
+ds = load_questions("capitals,city_country", limit=60)
+cfg = GenerationConfig(max_new_tokens=24)
+run = answer_questions(model, ds, cfg, extract_with_model=False, progress=False)
+hook, position = "blocks.16.hook_resid_post", "exact_last"
+store = capture(model, run.records, Path(tempfile.mkdtemp()), hooks=[hook],
+                positions=[position], progress=False)
+x, rows = store.cell(hook, position)
+train = store.split_mask("train")[rows]
+probe = Probe.from_data(x[train], store.labels[rows][train], hook=hook, layer=16,
+                        position=position, model=store.model)
+direction = from_probe(probe, x[train])
+print("probe fitted on", int(train.sum()), "answers; projection SD", round(direction.projection_std, 2))
+"""
+    ),
+    md(
+        """
+## Steering
+
+`steer()` is a context manager: hooks are added on entry and removed on exit, also after an
+exception. Scopes work in absolute token positions, so the output is the same with and
+without the KV cache.
+"""
+    ),
+    code(
+        """
+test_qs = ds.test[:16]
+base = answer_questions(model, test_qs, cfg, extract_with_model=False, progress=False)
+was = [r["correct"] for r in base.records]
+
+
+def rates(records):
+    now = [r["correct"] for r in records]
+    recovered = sum(1 for a, b in zip(was, now) if not a and b)
+    broken = sum(1 for a, b in zip(was, now) if a and not b)
+    return sum(now), recovered, broken
+
+
+print("unsteered: correct", sum(was), "of", len(was))
+for name, d in [("probe direction", direction), ("random direction", random_like(direction, 1)[0])]:
+    with steer(model, d, alpha=4.0, units="sd", scope="all"):
+        steered = answer_questions(model, test_qs, cfg, extract_with_model=False, progress=False)
+    n, rec, brk = rates(steered.records)
+    print(f"{name:>16}: correct {n}, recovered {rec}, broken {brk}")
+"""
+    ),
+    code(
+        """
+# Same greedy tokens with and without the KV cache under steering (left-padded batch):
+prompts = [g[0].prompt_token_ids for g in generate(model, ["What is the capital of Peru?",
+           "In which country is the city of Kano?"], GenerationConfig(max_new_tokens=1),
+           progress=False)]
+with steer(model, direction, alpha=4.0, scope="generated"):
+    a = generate_ids(model, prompts, GenerationConfig(max_new_tokens=8), progress=False)
+    b = generate_ids(model, prompts, GenerationConfig(max_new_tokens=8, use_cache=False),
+                     progress=False)
+print([r[0]["answer_token_ids"] for r in a] == [r[0]["answer_token_ids"] for r in b])
+"""
+    ),
+    md(
+        """
+## The probe inside activation patching
+
+Find a question answered wrong greedily whose sampled answers include the right one. Clean =
+the right sample, corrupted = the wrong greedy answer; patch `resid_pre` from clean into
+corrupted (same positions, over their common length) and read, from the same forward, the
+probe score at the wrong answer's first exact token and the logit of the right answer's first
+token there. (A small slice may hold no such question; `tl-truth steer` and larger runs do.)
+"""
+    ),
+    code(
+        """
+pair = None
+wrong = [(q, r) for q, r in zip(test_qs, base.records) if not r["correct"]
+         and r["exact_answer_token_span"]]
+for q, r in wrong:
+    samples = generate_ids(model, [r["prompt_token_ids"]],
+                           GenerationConfig(max_new_tokens=24, temperature=1.0, num_samples=10,
+                                            seed=1), progress=False)[0]
+    for s in samples:
+        text = model.tokenizer.decode(s["answer_token_ids"])
+        g = grade(q, text)
+        if not g.correct:
+            continue
+        ea = find_exact_answer(q, text, g)
+        span = exact_answer_token_span(model.tokenizer, len(r["prompt_token_ids"]),
+                                       s["answer_token_ids"], ea.char_span)
+        if span:
+            pair = (q, r, s, span)
+            break
+    if pair:
+        break
+print("found a 'knows more than it shows' pair:" if pair else "no pair in this small slice",
+      pair[0].question if pair else "")
+"""
+    ),
+    code(
+        """
+if pair:
+    q, r, s, span = pair
+    clean = r["prompt_token_ids"] + s["answer_token_ids"]
+    corrupted = r["prompt_token_ids"] + r["answer_token_ids"]
+    # Read the probe at the wrong answer's first exact token, and the logit of the right
+    # answer's first token at the position that predicts the wrong one.
+    start = r["exact_answer_token_span"][0]
+    common = min(len(clean), len(corrupted))
+    result = patch_probe_and_logit(
+        model, clean, corrupted, probe, probe_position=start, answer_token_id=clean[span[0]],
+        answer_position=start - 1, layers=range(0, model.cfg.n_layers, 5),
+        positions=range(max(0, start - 6), min(start + 1, common)),
+    )
+    print("wrong:", repr(r["answer"][:60]), "| right:", repr(model.tokenizer.decode(s["answer_token_ids"])[:60]))
+    print(f"probe score clean {result.clean_probe_score:.2f}, "
+          f"corrupted {result.corrupted_probe_score:.2f}")
+    fig = result.plot(title=q.question)
+    display(fig)
+"""
+    ),
+]
+
 NOTEBOOKS = {
     "01_generate_and_locate.ipynb": GENERATE_AND_LOCATE,
     "02_probe_grid.ipynb": PROBE_GRID,
+    "03_steering_and_patching.ipynb": STEERING_AND_PATCHING,
 }
 
 
