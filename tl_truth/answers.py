@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from tl_truth.exact_answer import clean_extraction, extraction_prompt, find_exact_answer
-from tl_truth.generation import Generation, GenerationConfig, generate, generate_ids
+from tl_truth.generation import (
+    Generation,
+    GenerationConfig,
+    generate,
+    generate_ids,
+    tokenize_prompts,
+)
 from tl_truth.grading import grade
 from tl_truth.models import model_info
 from tl_truth.positions import exact_answer_token_span
@@ -120,8 +126,7 @@ def model_extractions(
     tok = model.tokenizer
     fmt = default_format(model)
     prompts = [fmt.render(tok, extraction_prompt(q, a)) for q, a in pairs]
-    add = not fmt.template_has_special_tokens
-    ids = [tok(p, add_special_tokens=add).input_ids for p in prompts]
+    ids = tokenize_prompts(tok, prompts, fmt)
     raw = generate_ids(
         model,
         ids,

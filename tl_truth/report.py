@@ -128,10 +128,8 @@ class ProbeReport:
             "|---|---|---|---|---|",
         ]
         for method, where, auc, ci, n in self.headline():
-            auc_s = "n/a" if auc is None else f"{auc:.3f}"
-            ci_s = "" if not ci or ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
             lines.append(
-                f"| {method} | {where} | {auc_s} | {ci_s} | {n if n is not None else ''} |"
+                f"| {method} | {where} | {fmt_value(auc)} | {_fmt_ci(ci)} | {n if n is not None else ''} |"
             )
         if self.same_examples:
             lines += [
@@ -143,7 +141,7 @@ class ProbeReport:
                 "|---|---|---|",
             ]
             for name, b in self.same_examples["auc"].items():
-                lines.append(f"| {name} | {_fmt(b['auc'])} | {_fmt_ci(b['ci'])} |")
+                lines.append(f"| {name} | {fmt_value(b['auc'])} | {_fmt_ci(b['ci'])} |")
         lines += ["", "![probe grid](probe_grid.png)", ""]
         t = self.timings
         lines.append("Timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
@@ -153,7 +151,7 @@ class ProbeReport:
         return self.grid.plot()
 
 
-def _fmt(v: float | None) -> str:
+def fmt_value(v: float | None) -> str:
     return "n/a" if v is None or np.isnan(v) else f"{v:.3f}"
 
 

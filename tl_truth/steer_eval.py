@@ -23,6 +23,7 @@ from tl_truth.directions import Direction, random_like
 from tl_truth.generation import GenerationConfig
 from tl_truth.probes import Probe
 from tl_truth.questions import QADataset
+from tl_truth.report import fmt_value
 from tl_truth.scoring import score_records
 from tl_truth.steering import steer
 
@@ -69,8 +70,8 @@ class SteeringResult:
             f"{b['layer']}, alpha {b['alpha']} ({self.units}) gives accuracy {b['accuracy']:.3f} "
             f"vs {r['accuracy_mean']:.3f} +- {sd:.3f} (mean +- SD over {r['n']} random "
             f"directions) and {self.baseline_accuracy:.3f} unsteered, on {self.n_questions} "
-            f"held-out questions (recovery {_fmt(b['recovery_rate'])}, break "
-            f"{_fmt(b['break_rate'])})."
+            f"held-out questions (recovery {fmt_value(b['recovery_rate'])}, break "
+            f"{fmt_value(b['break_rate'])})."
         )
 
     def to_dict(self) -> dict:
@@ -125,7 +126,7 @@ class SteeringResult:
             "(mean +- SD) | random recovery | random break |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        f = _fmt
+        f = fmt_value
         for s in self.settings:
             r = s["random"]
             lines.append(
@@ -151,10 +152,6 @@ class SteeringResult:
         ax.figure.savefig(out / "steering.png", dpi=120, bbox_inches="tight")
         plt.close(ax.figure)
         return out
-
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
 def steering_sweep(
