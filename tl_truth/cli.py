@@ -1,4 +1,4 @@
-"""`tl-truth` command line: `tl-truth generate ...` (more subcommands as the pipeline grows)."""
+"""`tl-truth` command line: generate, run, steer, resample, select, generalize, patch."""
 
 from __future__ import annotations
 
@@ -216,6 +216,211 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# "Knows more than it shows": resample -> error types -> select; generalize; patch
+
+
+def _run_probe(run_dir: Path, info):
+    """The best probe a `tl-truth run` saved (trained on its train split)."""
+    from tl_truth.probes import Probe
+
+    path = run_dir / "best_probe"
+    if not path.with_suffix(".json").exists():
+        raise FileNotFoundError(f"{run_dir} has no best_probe.json: run `tl-truth run` first")
+    return Probe.load(path, expect_model=info)
+
+
+def _greedy_activations(run_dir: Path, sets, hook: str, position: str):
+    """Greedy answers' activations at one cell of a run's store, one row per sample set."""
+    import torch
+
+    from tl_truth.activations import ActivationStore
+
+    store = ActivationStore.open(run_dir / "activations")
+    if hook not in store.hooks or position not in store.positions:
+        raise ValueError(f"{hook} / {position} was not captured in {run_dir}")
+    x, rows = store.cell(hook, position)
+    where = {
+        (store.examples[int(r)]["task"], store.examples[int(r)]["id"]): i
+        for i, r in enumerate(rows)
+        if store.examples[int(r)].get("sample_index", 0) == 0
+    }
+    X = torch.zeros(len(sets), x.shape[1])
+    available = []
+    for i, s in enumerate(sets):
+        j = where.get(s.key)
+        available.append(j is not None)
+        if j is not None:
+            X[i] = x[j]
+    return X, available
+
+
+def cmd_resample(args: argparse.Namespace) -> int:
+    import torch
+
+    from tl_truth.answers import AnswerRun
+    from tl_truth.data import load_questions
+    from tl_truth.error_types import error_type_report
+    from tl_truth.generation import GenerationConfig
+    from tl_truth.models import load_model, model_info
+    from tl_truth.prompts import parse_format
+    from tl_truth.resampling import resample
+    from tl_truth.scoring import score_records
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = load_questions(args.dataset, args.limit)
+    model = load_model(
+        args.model, backend=args.backend, device=args.device, compatibility_mode=args.compat
+    )
+    info = model_info(model)
+    greedy, probe, max_new = None, None, args.max_new_tokens
+    run_dir = Path(args.from_run) if args.from_run else None
+    if run_dir:
+        run = AnswerRun.load(run_dir)
+        greedy = run.records
+        # samples must be generated like the greedy answers they are compared with
+        max_new = run.summary.get("generation", {}).get("max_new_tokens", max_new)
+        probe = _run_probe(run_dir, info)
+    config = GenerationConfig(max_new_tokens=max_new, batch_size=args.batch_size, seed=args.seed)
+    res = resample(
+        model,
+        dataset,
+        k=args.k,
+        temperature=args.temperature,
+        config=config,
+        fmt=parse_format(args.prompt, model),
+        greedy=greedy,
+        extract_with_model=not args.no_model_extract,
+        progress=not args.quiet,
+    )
+    X = available = cell = None
+    if probe is not None:
+        # the correctness probe's P(correct) on every sample and greedy answer (for `select`)
+        flat = [r for s in res.sets for r in (s.greedy, *s.samples)]
+        scores = score_records(model, probe, flat)
+        for r, v in zip(flat, scores.tolist(), strict=True):
+            r["probe_score"] = None if v != v else round(v, 6)
+        cell = {"hook": probe.hook, "position": probe.position}
+        X, available = _greedy_activations(run_dir, res.sets, probe.hook, probe.position)
+        res.meta["probe"] = cell | {"from_run": str(run_dir)}
+    out = res.save(args.out)
+    types = error_type_report(res.sets, X, available, cell, n_boot=args.n_boot)
+    types.save(out)
+    s = res.summary()
+    print(
+        f"\n{len(res)} questions x K={res.k}: greedy accuracy {s['greedy_accuracy']}, "
+        f"sample accuracy {s['sample_accuracy']}, pass@K {s['pass_at_k'][str(res.k)]}"
+    )
+    print(
+        f"greedy wrong: {s['n_greedy_wrong']}, right answer among the samples for "
+        f"{s['pass_at_k_greedy_wrong']} of them"
+    )
+    print(types.to_markdown())
+    print(f"wrote {out / 'samples.jsonl'}, resample_summary.json, error_types.json/md/png")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from tl_truth.resampling import Resampling
+    from tl_truth.selection import select_answers
+
+    src = Path(args.samples or args.out)
+    res = Resampling.load(src)
+    scores = None
+    if any("probe_score" in r for s in res.sets for r in s.samples):
+        scores = {
+            s.key: [
+                float("nan") if r.get("probe_score") is None else r["probe_score"]
+                for r in s.samples
+            ]
+            for s in res.sets
+        }
+    else:
+        print("no probe scores in the samples (resample with --from-run): no probe row")
+    result = select_answers(
+        res.sets, scores, n_boot=args.n_boot, split=None if args.split == "all" else args.split
+    )
+    result.meta = {"samples": str(src), "split": args.split, "probe": res.meta.get("probe")}
+    out = result.save(args.out)
+    print(result.to_markdown())
+    print(f"Report: {out / 'selection.md'} (also selection.json, selection.png)")
+    return 0
+
+
+def cmd_generalize(args: argparse.Namespace) -> int:
+    import torch
+
+    from tl_truth.activations import ActivationStore
+    from tl_truth.answers import AnswerRun
+    from tl_truth.generalization import generalization_matrix
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir = Path(args.from_run) if args.from_run else Path(args.out)
+    if not args.from_run:
+        # generate + capture every named position (+ the pooled probe report) into --out first
+        cmd_run(argparse.Namespace(**{**vars(args), "positions": None}))
+    store = ActivationStore.open(run_dir / "activations")
+    records = AnswerRun.load(run_dir).records
+    positions = None if args.positions == "all" else tuple(args.positions.split(","))
+    result = generalization_matrix(
+        store, records, positions=positions, n_boot=args.n_boot, progress=not args.quiet
+    )
+    result.meta["from_run"] = str(run_dir)
+    out = result.save(args.out)
+    print(result.to_markdown())
+    print(f"Report: {out / 'generalization.md'} (also generalization.json, generalization.png)")
+    return 0
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    import torch
+
+    from tl_truth.models import load_model, model_info
+    from tl_truth.patch_study import patching_study
+    from tl_truth.probes import Probe
+    from tl_truth.resampling import Resampling
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = Resampling.load(args.samples)
+    model = load_model(
+        args.model, backend=args.backend, device=args.device, compatibility_mode=args.compat
+    )
+    info = model_info(model)
+    if bool(args.probe) == bool(args.from_run):
+        raise ValueError("give exactly one of --probe PATH or --from-run DIR")
+    probe = (
+        Probe.load(args.probe, expect_model=info)
+        if args.probe
+        else _run_probe(Path(args.from_run), info)
+    )
+    layers = parse_layers(args.layers, info.n_layers)
+    sets = (
+        res.sets
+        if args.split == "all"
+        else [s for s in res.sets if s.greedy["split"] == args.split]
+    )
+    study = patching_study(
+        model,
+        sets,
+        probe,
+        layers,
+        hook_kind=args.hook,
+        max_questions=args.max_questions,
+        progress=not args.quiet,
+    )
+    study.meta |= {"samples": args.samples, "split": args.split, "model": info.to_dict()}
+    out = study.save(args.out)
+    print(study.to_markdown())
+    print(
+        f"Report: {out / 'patching.md'} (also patching.json, patching_average.png, "
+        "patching_examples/)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tl-truth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -257,6 +462,81 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--scope", default="all", choices=["all", "prompt", "last_prompt", "generated"])
     st.add_argument("--n-random", type=int, default=5, help="random directions per setting")
     st.set_defaults(func=cmd_steer, max_new_tokens=24)
+
+    rs = sub.add_parser(
+        "resample", help="K sampled answers per question, clustered; pass@K and error types"
+    )
+    _common(rs)
+    rs.add_argument("--k", type=int, default=10, help="samples per question (paper: 30)")
+    rs.add_argument("--temperature", type=float, default=1.0)
+    rs.add_argument("--seed", type=int, default=0)
+    rs.add_argument(
+        "--from-run",
+        default=None,
+        help="a `tl-truth run` directory: reuse its greedy answers, score every sample with "
+        "its best probe, and fit a probe per error type on its activations",
+    )
+    rs.add_argument("--n-boot", type=int, default=1000)
+    rs.set_defaults(func=cmd_resample, max_new_tokens=24)
+
+    se = sub.add_parser(
+        "select", help="greedy vs random vs majority vote vs probe-chosen sample (with CIs)"
+    )
+    se.add_argument(
+        "--samples", default=None, help="a `tl-truth resample` directory (default: --out)"
+    )
+    se.add_argument("--out", default="runs/latest")
+    se.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "train", "all"],
+        help="questions to evaluate (the probe trained on the run's train split)",
+    )
+    se.add_argument("--n-boot", type=int, default=1000)
+    se.set_defaults(func=cmd_select)
+
+    ge = sub.add_parser(
+        "generalize", help="train the probe on task A, test on task B: the AUC matrix"
+    )
+    _common(ge)
+    ge.add_argument(
+        "--from-run",
+        default=None,
+        help="a `tl-truth run` directory with several tasks (else runs one)",
+    )
+    ge.add_argument("--hooks", default="resid_post")
+    ge.add_argument("--layers", default="every:2")
+    ge.add_argument(
+        "--positions",
+        default="before_exact,exact_first,exact_last,after_exact",
+        help="candidate positions for each task's best cell (`all`: every captured one)",
+    )
+    ge.add_argument("--n-boot", type=int, default=1000)
+    ge.set_defaults(
+        func=cmd_generalize,
+        dataset="capitals,city_country,currencies,elements,fanoutqa,arithmetic",
+        limit=200,
+        max_new_tokens=24,
+        no_p_true=True,
+    )
+
+    pa = sub.add_parser(
+        "patch",
+        help="patch the right sample into the wrong greedy answer, read probe and answer logit",
+    )
+    _common(pa)
+    pa.add_argument("--samples", required=True, help="a `tl-truth resample` directory")
+    pa.add_argument("--probe", default=None, help="a saved probe (path without extension)")
+    pa.add_argument("--from-run", default=None, help="use this run's best probe")
+    pa.add_argument("--layers", default="all", help="all, every:K, or comma-separated")
+    pa.add_argument(
+        "--hook",
+        default="resid_pre",
+        choices=["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"],
+    )
+    pa.add_argument("--split", default="test", choices=["test", "train", "all"])
+    pa.add_argument("--max-questions", type=int, default=None)
+    pa.set_defaults(func=cmd_patch)
     return parser
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
@@ -201,7 +202,9 @@ class PatchResult:
         ticks = self.labels if self.labels else [str(p) for p in self.positions]
         for ax, (name, values, centre) in zip(axes, panels, strict=True):
             v = values.detach().float().cpu().numpy()
-            lo, hi = min(float(v.min()), centre), max(float(v.max()), centre)
+            finite = v[np.isfinite(v)]  # a missing position (NaN) stays blank
+            lo = min(float(finite.min()), centre) if finite.size else centre
+            hi = max(float(finite.max()), centre) if finite.size else centre
             eps = 1e-6
             norm = TwoSlopeNorm(
                 vcenter=centre, vmin=min(lo, centre - eps), vmax=max(hi, centre + eps)
@@ -273,6 +276,15 @@ def _patch_hook(act: Tensor, hook: Any, index: list[int], clean_activation: Tens
     return layer_pos_patch_setter(act.clone(), index, clean_activation)
 
 
+def _moved_patch_hook(
+    act: Tensor, hook: Any, pos: int, src: int, clean_activation: Tensor
+) -> Tensor:
+    # Clean position `src` into corrupted position `pos` (answers of different lengths).
+    act = act.clone()
+    act[:, pos] = clean_activation[:, src]
+    return act
+
+
 @torch.no_grad()
 def patch_metrics(
     model: Any,
@@ -283,6 +295,7 @@ def patch_metrics(
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
     show_progress: bool = False,
+    clean_positions: Sequence[int] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, float], dict[str, float]]:
     """Generic patching: clean -> corrupted at each (layer, position), several metrics per cell.
 
@@ -290,7 +303,9 @@ def patch_metrics(
     but every metric is evaluated on the *same* patched forward (one forward per cell), and the
     two sequences may differ in length: by default the positions `0..min_len-1` are patched,
     clean position p into corrupted position p (meaningful for a shared prefix such as the
-    prompt). Metrics that need hooks (`probe_metric`) must already be open.
+    prompt). `clean_positions` (same length as `positions`) instead takes the activation from
+    another clean position for each patched one, e.g. to align two answers on their exact
+    answers. Metrics that need hooks (`probe_metric`) must already be open.
 
     Returns `(patched, clean, corrupted)`: `patched[name]` is [len(layers), len(positions)];
     `clean`/`corrupted` hold each metric on the unpatched runs.
@@ -305,9 +320,17 @@ def patch_metrics(
     layers = list(range(n_layers)) if layers is None else [int(x) for x in layers]
     common = min(clean.shape[1], corrupted.shape[1])
     positions = list(range(common)) if positions is None else [int(p) for p in positions]
-    for p in positions:
-        if not 0 <= p < common:
-            raise ValueError(f"position {p} is outside the common length {common}")
+    if clean_positions is None:
+        for p in positions:
+            if not 0 <= p < common:
+                raise ValueError(f"position {p} is outside the common length {common}")
+    else:
+        clean_positions = [int(q) for q in clean_positions]
+        if len(clean_positions) != len(positions):
+            raise ValueError("clean_positions must match positions one to one")
+        for p, q in zip(positions, clean_positions, strict=True):
+            if not (0 <= p < corrupted.shape[1] and 0 <= q < clean.shape[1]):
+                raise ValueError(f"position {p} <- {q} is outside the sequences")
     names = [hook_name(hook_kind, layer, n_layers) for layer in layers]
 
     def read(logits: Tensor) -> dict[str, float]:
@@ -319,9 +342,17 @@ def patch_metrics(
     out = {k: torch.zeros(len(layers), len(positions)) for k in metrics}
     cells = [(i, j) for i in range(len(layers)) for j in range(len(positions))]
     for i, j in tqdm(cells, disable=not show_progress):
-        hook = partial(
-            _patch_hook, index=[layers[i], positions[j]], clean_activation=cache[names[i]]
-        )
+        if clean_positions is None:
+            hook = partial(
+                _patch_hook, index=[layers[i], positions[j]], clean_activation=cache[names[i]]
+            )
+        else:
+            hook = partial(
+                _moved_patch_hook,
+                pos=positions[j],
+                src=clean_positions[j],
+                clean_activation=cache[names[i]],
+            )
         values = read(model.run_with_hooks(corrupted, fwd_hooks=[(names[i], hook)]))
         for k, v in values.items():
             out[k][i, j] = v

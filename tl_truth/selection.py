@@ -1,0 +1,262 @@
+"""Answer selection: among K samples, take the one the correctness probe trusts most.
+
+Compared on the same questions with greedy decoding, a random sample (its exact expectation,
+n_correct / K), majority vote over answer clusters and the oracle (any sample right, pass@K).
+Confidence intervals are percentile bootstraps over questions; differences against greedy are
+paired (the same resampled questions for both).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tl_truth.error_types import ERROR_TYPES, Thresholds, error_types
+from tl_truth.resampling import SampleSet
+
+STRATEGIES = ("greedy", "random", "majority", "probe")
+SELECTION_FILE = "selection.json"
+
+
+def majority_choice(s: SampleSet) -> float:
+    """Correctness of the largest answer cluster (refusals only win when nothing else exists)."""
+    pool = s.answers or s.clusters
+    if not pool:
+        return 0.0
+    return float(pool[0].correct)  # clusters are sorted largest first, ties by first seen
+
+
+def probe_choice(s: SampleSet, scores: Sequence[float]) -> float | None:
+    """Correctness of the sample with the highest probe score; None if no sample was scored."""
+    sc = np.asarray(scores, dtype=float)
+    if len(sc) != s.k:
+        raise ValueError(f"{s.key}: {len(sc)} scores for {s.k} samples")
+    if not np.isfinite(sc).any():
+        return None
+    return float(bool(s.samples[int(np.nanargmax(sc))]["correct"]))
+
+
+def per_question(
+    sets: Sequence[SampleSet], scores: Mapping[tuple[str, str], Sequence[float]] | None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each strategy's correctness (0/1, expectation for random) per question, and which
+    questions fell back to majority vote because no sample had a probe score."""
+    out = {name: np.zeros(len(sets)) for name in (*STRATEGIES, "oracle")}
+    fallback = np.zeros(len(sets), dtype=bool)
+    for i, s in enumerate(sets):
+        out["greedy"][i] = float(bool(s.greedy["correct"]))
+        out["random"][i] = s.n_correct / s.k
+        out["majority"][i] = majority_choice(s)
+        out["oracle"][i] = float(s.n_correct > 0)
+        pick = probe_choice(s, scores[s.key]) if scores is not None else None
+        if pick is None:
+            fallback[i] = True
+            pick = out["majority"][i]
+        out["probe"][i] = pick
+    if scores is None:
+        del out["probe"]
+    return out, fallback
+
+
+def _boot(values: dict[str, np.ndarray], n_boot: int, seed: int) -> dict[str, dict]:
+    """Mean with percentile CI per strategy, and paired differences against greedy."""
+    names = list(values)
+    n = len(values[names[0]])
+    if n == 0:
+        return {k: {"value": None, "ci": [None, None]} for k in names}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    out = {}
+    for k in names:
+        boots = values[k][idx].mean(1)
+        out[k] = {
+            "value": round(float(values[k].mean()), 4),
+            "ci": [round(float(np.quantile(boots, q)), 4) for q in (0.025, 0.975)],
+        }
+        if k != "greedy":
+            diff = values[k] - values["greedy"]
+            d = diff[idx].mean(1)
+            out[k]["minus_greedy"] = {
+                "value": round(float(diff.mean()), 4),
+                "ci": [round(float(np.quantile(d, q)), 4) for q in (0.025, 0.975)],
+            }
+    return out
+
+
+@dataclass
+class SelectionResult:
+    """Accuracy of each selection strategy, overall, per task and per error type."""
+
+    accuracy: dict[str, dict]
+    per_task: dict[str, dict]
+    per_type: dict[str, dict]
+    pass_at_k: dict
+    n: int
+    k: int
+    n_probe_fallback: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "n": self.n,
+            "k": self.k,
+            "accuracy": self.accuracy,
+            "per_task": self.per_task,
+            "per_type": self.per_type,
+            "pass_at_k": self.pass_at_k,
+            "n_probe_fallback": self.n_probe_fallback,
+            "meta": self.meta,
+        }
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        rows = []
+        groups = {"all": self.accuracy, **{f"task:{t}": v for t, v in self.per_task.items()}}
+        groups |= {f"type:{t}": v for t, v in self.per_type.items()}
+        for group, block in groups.items():
+            for name, v in block.items():
+                if isinstance(v, dict) and "value" in v:
+                    rows.append(
+                        {
+                            "group": group,
+                            "strategy": name,
+                            "accuracy": v["value"],
+                            "ci_low": v["ci"][0],
+                            "ci_high": v["ci"][1],
+                            "n": block.get("n", self.n)
+                            if isinstance(block.get("n"), int)
+                            else self.n,
+                        }
+                    )
+        return pd.DataFrame(rows)
+
+    def plot(self, ax=None):
+        """Accuracy per strategy with 95% CIs (oracle = any of the K samples right)."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.subplots(figsize=(5, 3.2))[1]
+        names = [k for k in (*STRATEGIES, "oracle") if k in self.accuracy]
+        vals = [self.accuracy[k]["value"] for k in names]
+        err = np.array(
+            [
+                [v - self.accuracy[k]["ci"][0], self.accuracy[k]["ci"][1] - v]
+                for k, v in zip(names, vals, strict=True)
+            ]
+        ).T
+        ax.bar(
+            names,
+            vals,
+            yerr=err,
+            capsize=4,
+            color=["#888", "#aaa", "#6a9", "#c54", "#ddd"][: len(names)],
+        )
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"answer selection among K={self.k} samples (n={self.n})")
+        return ax
+
+    def to_markdown(self) -> str:
+        def cell(v: dict | None) -> str:
+            if not v or v.get("value") is None:
+                return "-"
+            return f"{v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
+
+        names = [k for k in (*STRATEGIES, "oracle") if k in self.accuracy]
+        lines = [
+            f"## Answer selection (K = {self.k}, {self.n} questions)",
+            "",
+            "| group | n | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
+        groups = {"all": {**self.accuracy, "n": self.n}, **self.per_task}
+        groups |= {f"type: {t}": v for t, v in self.per_type.items()}
+        for g, block in groups.items():
+            lines.append(
+                f"| {g} | {block.get('n')} | "
+                + " | ".join(cell(block.get(k)) for k in names)
+                + " |"
+            )
+        lines.append("")
+        for k in names:
+            d = self.accuracy[k].get("minus_greedy")
+            if d:
+                lines.append(
+                    f"- {k} minus greedy: {d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+                )
+        if self.n_probe_fallback:
+            lines.append(
+                f"- {self.n_probe_fallback} questions had no sample with a probe score "
+                "(no exact answer located in any sample): probe fell back to majority."
+            )
+        return "\n".join(lines) + "\n"
+
+    def save(self, out_dir: str | Path) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SELECTION_FILE).write_text(json.dumps(self.to_dict(), indent=2))
+        (out / "selection.md").write_text(self.to_markdown())
+        ax = self.plot()
+        ax.figure.savefig(out / "selection.png", dpi=120, bbox_inches="tight")
+        plt.close(ax.figure)
+        return out
+
+
+def select_answers(
+    sets: Sequence[SampleSet],
+    scores: Mapping[tuple[str, str], Sequence[float]] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    split: str | None = "test",
+) -> SelectionResult:
+    """Greedy vs random vs majority vs probe (highest score among the K samples).
+
+    `scores[(task, id)]`: the probe's score per sample (NaN where it has no position). `split`
+    restricts the evaluation to questions of that split (the probe was trained on "train");
+    None keeps every question.
+    """
+    if split is not None:
+        sets = [s for s in sets if s.greedy["split"] == split]
+    if not sets:
+        raise ValueError(f"no questions to select among (split={split!r})")
+    k = min(s.k for s in sets)
+    values, fallback = per_question(sets, scores)
+    overall = _boot(values, n_boot, seed)
+    tasks = [s.greedy["task"] for s in sets]
+    per_task = {}
+    for t in sorted(set(tasks)):
+        m = np.array([x == t for x in tasks])
+        per_task[t] = {
+            "n": int(m.sum()),
+            **_boot({k_: v[m] for k_, v in values.items()}, n_boot, seed),
+        }
+    per_type = {}
+    if len({s.k for s in sets}) == 1 and k >= 2:
+        th = Thresholds.for_k(k)
+        types = [error_types(s, th) for s in sets]
+        for name in ERROR_TYPES:
+            m = np.array([t[name] for t in types])
+            if m.any():
+                per_type[name] = {
+                    "n": int(m.sum()),
+                    **_boot({k_: v[m] for k_, v in values.items()}, n_boot, seed),
+                }
+    wrong = values["greedy"] == 0
+    pak = {
+        "k": k,
+        "all": round(float(values["oracle"].mean()), 4),
+        "greedy_wrong": round(float(values["oracle"][wrong].mean()), 4) if wrong.any() else None,
+        "n_greedy_wrong": int(wrong.sum()),
+    }
+    return SelectionResult(
+        overall, per_task, per_type, pak, len(sets), k, int(fallback.sum()) if scores else 0
+    )
