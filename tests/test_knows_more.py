@@ -226,6 +226,7 @@ def test_select_answers_strategies_and_cis():
     assert acc["majority"]["value"] == 0.0
     assert acc["random"]["value"] == pytest.approx(round(0.4 * 40 / 41, 4))
     assert acc["probe"]["value"] == pytest.approx(round(40 / 41, 4))
+    assert acc["random_located"]["value"] == pytest.approx(round(0.4 * 40 / 41, 4))
     assert acc["oracle"]["value"] == pytest.approx(round(40 / 41, 4))
     lo, hi = acc["probe"]["ci"]
     assert lo <= acc["probe"]["value"] <= hi
@@ -240,4 +241,13 @@ def test_select_answers_strategies_and_cis():
 
 def test_select_answers_without_scores_has_no_probe_row():
     res = select_answers([sset(["Paris"] * 3)], None, n_boot=10)
-    assert "probe" not in res.accuracy and res.accuracy["greedy"]["value"] == 1.0
+    assert "probe" not in res.accuracy and "random_located" not in res.accuracy
+    assert res.accuracy["greedy"]["value"] == 1.0
+
+
+def test_random_located_only_counts_scored_samples():
+    # wrong samples without a located answer (NaN score) are out of the located pool
+    s = sset(["Lyon", "Paris", "Nice", "Paris"])
+    res = select_answers([s], {s.key: [float("nan"), 0.1, float("nan"), 0.2]}, n_boot=10)
+    assert res.accuracy["random"]["value"] == 0.5
+    assert res.accuracy["random_located"]["value"] == 1.0

@@ -35,7 +35,7 @@ class GeneralizationResult:
     ci: list[list[list[float | None]]]
     logit_auc: list[list[float | None]]
     cells: dict[str, dict]  # task -> chosen hook/position and why, or why none
-    n_test: dict[str, int]
+    n_test: dict[str, dict[str, list[int]]]  # train task -> test task -> [correct, wrong]
     meta: dict = field(default_factory=dict)
 
     @property
@@ -159,15 +159,29 @@ class GeneralizationResult:
         aml = self.auc_minus_logit
         for i in idx:
             lines.append(f"| {self.tasks[i]} | " + " | ".join(f(aml[i][j]) for j in idx) + " |")
-        lines += ["", "| task | skill | cell (train CV) | n test |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| task | skill | its probe's cell (train CV AUC) | own test AUC [95% CI] | "
+            "own test correct / wrong |",
+            "|---|---|---|---|---|",
+        ]
         for t in order:
-            c = self.cells[t]
+            c, i = self.cells[t], self.tasks.index(t)
             where = (
-                f"{c['hook']} / {c['position']} (cv {c['cv_auc']:.3f})"
+                f"{c['hook']} / {c['position']} ({c['cv_auc']:.3f})"
                 if "hook" in c
-                else c.get("skipped", "-")
+                else f"no probe: {c.get('skipped', '-')}"
             )
-            lines.append(f"| {t} | {self.skills[t]} | {where} | {self.n_test[t]} |")
+            lo, hi = self.ci[i][i]
+            own = "-" if self.auc[i][i] is None else f"{self.auc[i][i]:.3f} [{lo:.3f}, {hi:.3f}]"
+            n = self.n_test.get(t, {}).get(t)
+            counts = f"{n[0]} / {n[1]}" if n else "-"
+            lines.append(f"| {t} | {self.skills[t]} | {where} | {own} | {counts} |")
+        lines.append("")
+        lines.append(
+            "Empty cells: no probe for the row's task, or fewer than 5 correct or wrong "
+            "test answers with that probe's position in the column's task."
+        )
         s = self.skill_summary()
         lines += [
             "",
@@ -203,7 +217,8 @@ def generalization_matrix(
     `records` are the run's generations (same order as the store's examples). `positions`: the
     candidate positions for each task's best cell (None: every captured position). A task with
     fewer than `min_per_class` correct or wrong training answers gets no probe (its row is
-    empty, with the reason in `cells`); a test task with a single class gets no AUC.
+    empty, with the reason in `cells`); a cell whose test rows hold fewer than `min_per_class`
+    of either class gets no AUC (the counts are in `n_test`).
     """
     ex = store.examples
     if len(records) != len(ex) or any(
@@ -267,7 +282,8 @@ def generalization_matrix(
     auc = [[None] * n for _ in range(n)]
     ci = [[[None, None] for _ in range(n)] for _ in range(n)]
     logit_auc = [[None] * n for _ in range(n)]
-    n_test = {t: int((torch.as_tensor(task_of == t) & test).sum()) for t in tasks}
+    # n_test[a][b] = [correct, wrong] test answers of b that have a's probe position
+    n_test: dict[str, dict[str, list[int]]] = {a: {} for a in tasks}
     for i, a in enumerate(tasks):
         if a not in probes:
             continue
@@ -276,8 +292,9 @@ def generalization_matrix(
         for j, b in enumerate(tasks):
             rows = torch.as_tensor(task_of == b) & test & valid[:, p]
             yb = y[rows].numpy()
-            if rows.sum() == 0 or yb.min() == yb.max():
-                continue
+            n_test[a][b] = [int(yb.sum()), int((1 - yb).sum())]
+            if min(n_test[a][b]) < min_per_class:
+                continue  # an AUC on a handful of examples of one class means little
             scores = probe.decision_function(acts[rows, h, p]).double().numpy()
             auc[i][j] = _r(roc_auc(scores, yb))
             lo, hi = bootstrap_auc_ci(scores, yb, n_boot=n_boot, seed=seed)

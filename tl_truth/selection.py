@@ -1,7 +1,9 @@
 """Answer selection: among K samples, take the one the correctness probe trusts most.
 
 Compared on the same questions with greedy decoding, a random sample (its exact expectation,
-n_correct / K), majority vote over answer clusters and the oracle (any sample right, pass@K).
+n_correct / K), a random sample among those the probe can score (`random_located`: the probe
+needs a located exact answer, and that filter alone favours right answers), majority vote over
+answer clusters and the oracle (any sample right, pass@K).
 Confidence intervals are percentile bootstraps over questions; differences against greedy are
 paired (the same resampled questions for both).
 """
@@ -19,6 +21,15 @@ from tl_truth.error_types import ERROR_TYPES, Thresholds, error_types
 from tl_truth.resampling import SampleSet
 
 STRATEGIES = ("greedy", "random", "majority", "probe")
+ORDER = ("greedy", "random", "random_located", "majority", "probe", "oracle")
+COLORS = {
+    "greedy": "#888",
+    "random": "#aaa",
+    "random_located": "#bbb",
+    "majority": "#6a9",
+    "probe": "#c54",
+    "oracle": "#ddd",
+}
 SELECTION_FILE = "selection.json"
 
 
@@ -45,7 +56,7 @@ def per_question(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Each strategy's correctness (0/1, expectation for random) per question, and which
     questions fell back to majority vote because no sample had a probe score."""
-    out = {name: np.zeros(len(sets)) for name in (*STRATEGIES, "oracle")}
+    out = {name: np.zeros(len(sets)) for name in (*STRATEGIES, "random_located", "oracle")}
     fallback = np.zeros(len(sets), dtype=bool)
     for i, s in enumerate(sets):
         out["greedy"][i] = float(bool(s.greedy["correct"]))
@@ -57,8 +68,15 @@ def per_question(
             fallback[i] = True
             pick = out["majority"][i]
         out["probe"][i] = pick
+        if scores is not None:
+            # The probe can only pick a sample it can score (exact answer located), and wrong
+            # answers are located less often: a random pick among those same samples is the
+            # control that separates the probe's knowledge from that filter.
+            ok = np.isfinite(np.asarray(scores[s.key], dtype=float))
+            located = [bool(r["correct"]) for r, keep in zip(s.samples, ok, strict=True) if keep]
+            out["random_located"][i] = np.mean(located) if located else out["majority"][i]
     if scores is None:
-        del out["probe"]
+        del out["probe"], out["random_located"]
     return out, fallback
 
 
@@ -140,7 +158,7 @@ class SelectionResult:
         import matplotlib.pyplot as plt
 
         ax = ax or plt.subplots(figsize=(5, 3.2))[1]
-        names = [k for k in (*STRATEGIES, "oracle") if k in self.accuracy]
+        names = [k for k in ORDER if k in self.accuracy]
         vals = [self.accuracy[k]["value"] for k in names]
         err = np.array(
             [
@@ -153,7 +171,7 @@ class SelectionResult:
             vals,
             yerr=err,
             capsize=4,
-            color=["#888", "#aaa", "#6a9", "#c54", "#ddd"][: len(names)],
+            color=[COLORS[k] for k in names],
         )
         ax.set_ylim(0, 1)
         ax.set_ylabel("accuracy")
@@ -166,7 +184,7 @@ class SelectionResult:
                 return "-"
             return f"{v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
 
-        names = [k for k in (*STRATEGIES, "oracle") if k in self.accuracy]
+        names = [k for k in ORDER if k in self.accuracy]
         lines = [
             f"## Answer selection (K = {self.k}, {self.n} questions)",
             "",

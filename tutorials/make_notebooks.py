@@ -447,13 +447,10 @@ from tl_truth.activations import capture
 from tl_truth.answers import answer_questions
 from tl_truth.data import load_questions
 from tl_truth.directions import from_probe, random_like
-from tl_truth.exact_answer import find_exact_answer
 from tl_truth.generation import GenerationConfig, generate, generate_ids
-from tl_truth.grading import grade
 from tl_truth.models import load_model
-from tl_truth.patching import patch_probe_and_logit
-from tl_truth.positions import exact_answer_token_span
 from tl_truth.probes import Probe
+from tl_truth.questions import QADataset
 from tl_truth.steering import steer
 
 torch.set_num_threads(2)
@@ -520,59 +517,176 @@ print([r[0]["answer_token_ids"] for r in a] == [r[0]["answer_token_ids"] for r i
         """
 ## The probe inside activation patching
 
-Find a question answered wrong greedily whose sampled answers include the right one. Clean =
-the right sample, corrupted = the wrong greedy answer; patch `resid_pre` from clean into
-corrupted (same positions, over their common length) and read, from the same forward, the
-probe score at the wrong answer's first exact token and the logit of the right answer's first
-token there. (A small slice may hold no such question; `tl-truth steer` and larger runs do.)
+Questions answered wrong greedily but right in one of K samples ("knows more than it shows",
+see notebook 04). Clean = the right sample, corrupted = the wrong greedy answer. The answers
+differ in length, so positions are aligned on each run's exact answer (three tokens before it,
+its first and last token, the token after). At each (layer, aligned position) the clean
+`resid_pre` is patched into the corrupted run and two read-outs come from the same forward:
+the probe's score at the wrong answer's `exact_last`, and the logit of the right answer's
+first token where the wrong one was predicted. `tl-truth patch` runs this over many questions.
 """
     ),
     code(
         """
-pair = None
-wrong = [(q, r) for q, r in zip(test_qs, base.records) if not r["correct"]
-         and r["exact_answer_token_span"]]
-for q, r in wrong:
-    samples = generate_ids(model, [r["prompt_token_ids"]],
-                           GenerationConfig(max_new_tokens=24, temperature=1.0, num_samples=10,
-                                            seed=1), progress=False)[0]
-    for s in samples:
-        text = model.tokenizer.decode(s["answer_token_ids"])
-        g = grade(q, text)
-        if not g.correct:
-            continue
-        ea = find_exact_answer(q, text, g)
-        span = exact_answer_token_span(model.tokenizer, len(r["prompt_token_ids"]),
-                                       s["answer_token_ids"], ea.char_span)
-        if span:
-            pair = (q, r, s, span)
-            break
-    if pair:
-        break
-print("found a 'knows more than it shows' pair:" if pair else "no pair in this small slice",
-      pair[0].question if pair else "")
+from tl_truth.patch_study import knows_more_pairs, patching_study
+from tl_truth.resampling import resample
+
+wrong_test = [q for q, r in zip(test_qs, base.records) if not r["correct"]]
+res = resample(model, QADataset("wrong", wrong_test, task_candidates=ds.task_candidates),
+               k=10, config=cfg, greedy=base.records, progress=False)
+pairs = knows_more_pairs(res.sets)
+print(f"{len(pairs)} of {len(wrong_test)} wrong greedy answers have a right sample")
 """
     ),
     code(
         """
-if pair:
-    q, r, s, span = pair
-    clean = r["prompt_token_ids"] + s["answer_token_ids"]
-    corrupted = r["prompt_token_ids"] + r["answer_token_ids"]
-    # Read the probe at the wrong answer's first exact token, and the logit of the right
-    # answer's first token at the position that predicts the wrong one.
-    start = r["exact_answer_token_span"][0]
-    common = min(len(clean), len(corrupted))
-    result = patch_probe_and_logit(
-        model, clean, corrupted, probe, probe_position=start, answer_token_id=clean[span[0]],
-        answer_position=start - 1, layers=range(0, model.cfg.n_layers, 5),
-        positions=range(max(0, start - 6), min(start + 1, common)),
-    )
-    print("wrong:", repr(r["answer"][:60]), "| right:", repr(model.tokenizer.decode(s["answer_token_ids"])[:60]))
-    print(f"probe score clean {result.clean_probe_score:.2f}, "
-          f"corrupted {result.corrupted_probe_score:.2f}")
-    fig = result.plot(title=q.question)
-    display(fig)
+if pairs:
+    study = patching_study(model, res.sets, probe, layers=range(0, model.cfg.n_layers, 4),
+                           max_questions=2, progress=False)
+    for p, r in zip(study.pairs, study.results):
+        print(f"{p['question']}: wrong {p['wrong']!r} (probe {r.corrupted_probe_score:+.2f}), "
+              f"right {p['right']!r} (probe {r.clean_probe_score:+.2f})")
+    display(study.plot())
+else:
+    print("no 'knows more' question in this small slice; `tl-truth patch` on a bigger one")
+"""
+    ),
+]
+
+KNOWS_MORE = [
+    md(
+        """
+# 04 · The model knows more than it shows
+
+Orgad et al. (2024), section 5-6: sample K answers per question at temperature 1. Often the
+right answer is among them although the greedy answer is wrong (pass@K). The way the samples
+spread over distinct answers gives an **error type** (consistently wrong, two competing
+answers, many answers...), which a probe on the greedy answer's activation may predict. And a
+correctness probe can **pick** among the K samples: does it beat greedy decoding, a random
+sample and majority vote? Last, does a probe trained on one task work on another?
+
+A small slice of SmolLM2-135M here (two tasks, K = 6); the `tl-truth resample | select |
+generalize` commands run the same at scale (see the README for real numbers).
+"""
+    ),
+    code(
+        """
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tl_truth.activations import capture
+from tl_truth.answers import answer_questions
+from tl_truth.data import load_questions
+from tl_truth.error_types import error_type_report
+from tl_truth.generalization import generalization_matrix
+from tl_truth.generation import GenerationConfig
+from tl_truth.models import load_model
+from tl_truth.probes import Probe
+from tl_truth.resampling import resample
+from tl_truth.scoring import score_records
+from tl_truth.selection import select_answers
+
+torch.set_num_threads(2)
+model = load_model()
+ds = load_questions("capitals,city_country", limit=40)
+cfg = GenerationConfig(max_new_tokens=24)
+greedy = answer_questions(model, ds, cfg, extract_with_model=False, progress=False)
+hooks, position = ["blocks.8.hook_resid_post", "blocks.16.hook_resid_post"], "exact_last"
+store = capture(model, greedy.records, Path(tempfile.mkdtemp()), hooks=hooks,
+                positions=[position], progress=False)
+x, rows = store.cell(hooks[1], position)
+train = store.split_mask("train")[rows]
+probe = Probe.from_data(x[train], store.labels[rows][train], hook=hooks[1], layer=16,
+                        position=position, model=store.model)
+print(len(ds), "questions, greedy accuracy", greedy.summary["accuracy"])
+"""
+    ),
+    md(
+        """
+## Resampling and clustering
+
+Each sample is graded and its exact answer located; samples are clustered by their normalised
+exact answer (equal, or one contains the other as whole words). The greedy answers are reused.
+"""
+    ),
+    code(
+        """
+res = resample(model, ds, k=6, temperature=1.0, config=cfg, greedy=greedy.records,
+               progress=False)
+s = next(s for s in res.sets if not s.greedy["correct"] and s.n_correct > 0) if any(
+    not s.greedy["correct"] and s.n_correct > 0 for s in res.sets) else res.sets[0]
+print(s.greedy["question"], "| gold:", s.greedy["gold"], "| greedy:", s.greedy["exact_answer"])
+for c in s.clusters:
+    print(f"  {c.size} x {c.key!r}  correct={c.correct}")
+summary = res.summary()
+print("pass@K among greedy-wrong questions:", summary["pass_at_k_greedy_wrong"],
+      f"({summary['n_greedy_wrong']} questions)")
+res.plot();
+"""
+    ),
+    md(
+        """
+## Error types
+
+Types are read off the sample distribution with thresholds scaled to K (the paper used K = 30).
+A probe per type reads the greedy answer's activation at the correctness probe's cell; types
+with too few examples in this slice are reported as skipped, not dropped.
+"""
+    ),
+    code(
+        """
+X = torch.zeros(len(res.sets), x.shape[1])
+where = {(store.examples[int(r)]["task"], store.examples[int(r)]["id"]): i
+         for i, r in enumerate(rows)}
+available = [s.key in where for s in res.sets]
+for i, s in enumerate(res.sets):
+    if s.key in where:
+        X[i] = x[where[s.key]]
+types = error_type_report(res.sets, X, available, {"hook": hooks[1], "position": position},
+                          n_boot=200)
+print(types.to_markdown())
+types.plot();
+"""
+    ),
+    md(
+        """
+## Answer selection
+
+The probe scores every sample (at its exact answer); the highest-scored sample is the probe's
+choice. `random_located` is the fair control: a random sample among those the probe *can* score
+(a located exact answer), because wrong answers are located less often.
+"""
+    ),
+    code(
+        """
+flat = [r for s in res.sets for r in s.samples]
+scores = score_records(model, probe, flat).tolist()
+by_q, i = {}, 0
+for s in res.sets:
+    by_q[s.key] = scores[i:i + s.k]
+    i += s.k
+sel = select_answers(res.sets, by_q, n_boot=200, split="test")
+print(sel.to_markdown())
+sel.plot();
+"""
+    ),
+    md(
+        """
+## Generalisation across tasks
+
+Each task's probe sits at its own best cell (train cross-validation); the matrix tests it on
+every task's test split, and subtracts the logit baseline. Cells with fewer than 5 correct or
+wrong test answers stay empty.
+"""
+    ),
+    code(
+        """
+gen = generalization_matrix(store, greedy.records, positions=[position], n_boot=200,
+                            progress=False)
+print(gen.to_markdown())
+gen.plot()
 """
     ),
 ]
@@ -581,6 +695,7 @@ NOTEBOOKS = {
     "01_generate_and_locate.ipynb": GENERATE_AND_LOCATE,
     "02_probe_grid.ipynb": PROBE_GRID,
     "03_steering_and_patching.ipynb": STEERING_AND_PATCHING,
+    "04_knows_more.ipynb": KNOWS_MORE,
 }
 
 
