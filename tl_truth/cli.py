@@ -298,7 +298,7 @@ def cmd_resample(args: argparse.Namespace) -> int:
     if probe is not None:
         # the correctness probe's P(correct) on every sample and greedy answer (for `select`)
         flat = [r for s in res.sets for r in (s.greedy, *s.samples)]
-        scores = score_records(model, probe, flat)
+        scores = score_records(model, probe, flat, progress=not args.quiet)
         for r, v in zip(flat, scores.tolist(), strict=True):
             r["probe_score"] = None if v != v else round(v, 6)
         cell = {"hook": probe.hook, "position": probe.position}

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from tl_truth.activations import capture_batch
 from tl_truth.models import model_info
@@ -21,13 +22,15 @@ from tl_truth.probes import Probe
 
 @torch.no_grad()
 def score_records(
-    model: Any, probe: Probe, records: Sequence[dict], batch_size: int = 16
+    model: Any, probe: Probe, records: Sequence[dict], batch_size: int = 16, progress: bool = False
 ) -> Float[Tensor, " n"]:
     """P(correct) for each generation record; NaN where the probe's position does not exist."""
     probe.check_compatible(model_info(model))
     positions = resolve_positions([probe.position], records)
     scores = torch.full((len(records),), float("nan"))
-    for start in range(0, len(records), batch_size):
+    for start in tqdm(
+        range(0, len(records), batch_size), desc="score", unit="batch", disable=not progress
+    ):
         chunk = records[start : start + batch_size]
         pos = positions[start : start + batch_size]
         seqs = [r["prompt_token_ids"] + r["answer_token_ids"] for r in chunk]
