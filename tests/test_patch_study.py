@@ -163,3 +163,17 @@ def test_study_without_pairs_says_why(tiny):
     probe = make_probe(tiny, hook_name("resid_post", 0))
     with pytest.raises(ValueError, match="wrong greedily and right in a sample"):
         patching_study(tiny, [SampleSet(RIGHT, [RIGHT])], probe, progress=False)
+
+
+def test_patch_pair_clean_shorter_than_probe_position(tiny):
+    # the right answer ends before the wrong answer's probe position: the clean run is only
+    # read at its own positions
+    wrong = rec([50, 60, 61, 62, 63, 70, 71, 80], (5, 7), False)
+    right = rec([90], (0, 1), True)
+    probe = make_probe(tiny, hook_name("resid_post", 0))
+    r = patch_pair(tiny, wrong, right, probe, layers=[0])
+    assert torch.isfinite(torch.tensor(r.clean_probe_score))
+    present = [n for n in ALIGNED_POSITIONS if aligned_position(n, right) is not None]
+    assert present == [n for n in ALIGNED_POSITIONS if n != "after_exact"]
+    got = [bool(torch.isfinite(r.probe_score[0, j])) for j in range(len(ALIGNED_POSITIONS))]
+    assert got == [n in present for n in ALIGNED_POSITIONS]

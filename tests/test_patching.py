@@ -177,3 +177,30 @@ def test_patch_result_dataframe_plot_average():
         PatchResult.average([fake_result(n_layers=2), fake_result(n_layers=3)])
     with pytest.raises(ValueError):
         PatchResult.average([])
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_batched_patching_equals_one_cell_at_a_time(tiny, moved):
+    probe = make_probe(tiny, hook_name("resid_post", tiny.cfg.n_layers - 1))
+    clean, corrupted = CLEAN + [70], CORRUPTED
+    positions = [1, 3, 4, 6]
+    kw = {"clean_positions": [2, 3, 5, 7]} if moved else {}
+    outs = []
+    for batch_size in (1, 3):
+        with probe_metric(tiny, probe, 5) as pm:
+            metrics = {"probe": pm, "logit": logit_metric(7, 4)}
+            out, _, corr = patch_metrics(
+                tiny,
+                clean,
+                corrupted,
+                metrics,
+                "resid_pre",
+                [0, 1],
+                positions,
+                batch_size=batch_size,
+                **kw,
+            )
+        outs.append((out, corr))
+    for k in ("probe", "logit"):
+        torch.testing.assert_close(outs[0][0][k], outs[1][0][k], atol=1e-3, rtol=1e-4)
+    assert outs[0][1] == outs[1][1]

@@ -115,6 +115,8 @@ def patch_pair(
             layers,
             positions=[p for _, p, _ in cols],
             clean_positions=[q for _, _, q in cols],
+            read_clean=False,  # clean baselines come from the clean run's own positions
+            batch_size=len(cols),
         )
     idx = [j for j, _, _ in cols]
     probe_score[:, idx] = out["probe_score"]

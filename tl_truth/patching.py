@@ -65,7 +65,10 @@ class ProbeMetric:
         self._pre_handle: Any = None
 
     def _capture(self, act: Tensor, hook: Any) -> None:
-        self.activation = act[:, self.position].detach().clone()
+        # A forward shorter than `position` (e.g. the clean run of a pair of different lengths)
+        # leaves nothing to read; calling the metric after it raises.
+        in_range = -act.shape[1] <= self.position < act.shape[1]
+        self.activation = act[:, self.position].detach().clone() if in_range else None
 
     def _move_last(self, module: Any, args: Any) -> None:
         # Forward pre-hooks run before the forward hooks are iterated: safe to reorder here.
@@ -99,6 +102,14 @@ class ProbeMetric:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def per_row(self, logits: Tensor | None = None) -> Float[Tensor, " batch"]:
+        """The probe's decision function for each row of the latest forward."""
+        if self._lens_handle is None:
+            raise RuntimeError("use the probe metric inside `with probe_metric(...) as metric:`")
+        if self.activation is None:
+            raise RuntimeError(f"no forward has reached {self.probe.hook} since the metric opened")
+        return self.probe.decision_function(self.activation)
 
     def __call__(self, logits: Tensor | None = None) -> Float[Tensor, ""]:
         if self._lens_handle is None:
@@ -276,6 +287,22 @@ def _patch_hook(act: Tensor, hook: Any, index: list[int], clean_activation: Tens
     return layer_pos_patch_setter(act.clone(), index, clean_activation)
 
 
+def _rows_patch_hook(
+    act: Tensor, hook: Any, pos: list[int], src: list[int], clean_activation: Tensor
+) -> Tensor:
+    # Row r of a batch of corrupted copies gets clean position src[r] at position pos[r].
+    act = act.clone()
+    rows = torch.arange(len(pos), device=act.device)
+    act[rows, torch.tensor(pos)] = clean_activation[0, torch.tensor(src)].to(act.dtype)
+    return act
+
+
+def _per_row(metric: Metric, logits: Tensor) -> Tensor:
+    if hasattr(metric, "per_row"):
+        return metric.per_row(logits)
+    return torch.stack([torch.as_tensor(metric(logits[r : r + 1])) for r in range(len(logits))])
+
+
 def _moved_patch_hook(
     act: Tensor, hook: Any, pos: int, src: int, clean_activation: Tensor
 ) -> Tensor:
@@ -296,6 +323,8 @@ def patch_metrics(
     positions: Sequence[int] | None = None,
     show_progress: bool = False,
     clean_positions: Sequence[int] | None = None,
+    read_clean: bool = True,
+    batch_size: int = 1,
 ) -> tuple[dict[str, Tensor], dict[str, float], dict[str, float]]:
     """Generic patching: clean -> corrupted at each (layer, position), several metrics per cell.
 
@@ -305,7 +334,12 @@ def patch_metrics(
     clean position p into corrupted position p (meaningful for a shared prefix such as the
     prompt). `clean_positions` (same length as `positions`) instead takes the activation from
     another clean position for each patched one, e.g. to align two answers on their exact
-    answers. Metrics that need hooks (`probe_metric`) must already be open.
+    answers. Metrics that need hooks (`probe_metric`) must already be open. `read_clean=False`
+    skips the metrics on the clean run (when their positions only mean something in the
+    corrupted one); `clean` is then empty. `batch_size > 1` runs that many cells of a layer in
+    one batched forward (same numbers, several times faster on CPU); metrics are then read per
+    row: with a `per_row(logits)` method if they have one (`ProbeMetric`), else by calling them
+    on each row's logits.
 
     Returns `(patched, clean, corrupted)`: `patched[name]` is [len(layers), len(positions)];
     `clean`/`corrupted` hold each metric on the unpatched runs.
@@ -337,9 +371,31 @@ def patch_metrics(
         return {k: float(m(logits)) for k, m in metrics.items()}
 
     clean_logits, cache = model.run_with_cache(clean, names_filter=lambda n: n in names)
-    clean_values = read(clean_logits)
+    clean_values = read(clean_logits) if read_clean else {}
     corrupted_values = read(model(corrupted))
     out = {k: torch.zeros(len(layers), len(positions)) for k in metrics}
+    src = list(positions) if clean_positions is None else clean_positions
+    if batch_size > 1:
+        # All positions of a layer in batches of copies of the corrupted run, row r patched
+        # at its own position; the metrics are read per row (`_per_row`).
+        chunks = [
+            (i, list(range(j, min(j + batch_size, len(positions)))))
+            for i in range(len(layers))
+            for j in range(0, len(positions), batch_size)
+        ]
+        for i, js in tqdm(chunks, disable=not show_progress):
+            hook = partial(
+                _rows_patch_hook,
+                pos=[positions[j] for j in js],
+                src=[src[j] for j in js],
+                clean_activation=cache[names[i]],
+            )
+            logits = model.run_with_hooks(
+                corrupted.expand(len(js), -1), fwd_hooks=[(names[i], hook)]
+            )
+            for k, m in metrics.items():
+                out[k][i, js] = _per_row(m, logits).float().cpu()
+        return out, clean_values, corrupted_values
     cells = [(i, j) for i in range(len(layers)) for j in range(len(positions))]
     for i, j in tqdm(cells, disable=not show_progress):
         if clean_positions is None:
