@@ -170,7 +170,11 @@ def test_error_type_report_distribution_and_probes():
         sets.append(sset(answers, qid=f"q{i}", split=split, task="a" if i < 40 else "b"))
         # the feature separates the two types: a probe must find it
         feats.append(rng.normal(size=8) + (3.0 if consistent else 0.0) * np.eye(8)[0])
-    rep = error_type_report(sets, torch.tensor(np.array(feats), dtype=torch.float32), n_boot=100)
+    ref = [0.9 if i % 2 == 0 else 0.1 for i in range(80)]  # a perfect reference, inverted
+    rep = error_type_report(
+        sets, torch.tensor(np.array(feats), dtype=torch.float32), n_boot=100, reference_scores=ref
+    )
+    assert rep.probes["incorrect_all"]["reference_auc"] == 1.0
     dist = rep.distribution()
     assert dist["all"]["incorrect_all"] == 0.5 and dist["all"]["many_no_correct"] == 0.5
     assert dist["a"]["n"] == 40 and dist["b"]["n"] == 40
@@ -235,7 +239,9 @@ def test_select_answers_strategies_and_cis():
     assert res.pass_at_k["greedy_wrong"] == pytest.approx(round(40 / 41, 4))
     assert res.per_type["refuses"]["n"] == 1
     assert res.per_type["two_competing"]["probe"]["value"] == 1.0
-    assert "probe minus greedy" in res.to_markdown()
+    assert "probe minus greedy (paired)" in res.to_markdown()
+    assert acc["probe"]["minus_majority"]["value"] == pytest.approx(round(40 / 41, 4))
+    assert "minus_majority" not in acc["random"]
     assert set(res.to_dataframe()["strategy"]) >= {"greedy", "random", "majority", "probe"}
 
 

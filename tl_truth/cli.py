@@ -283,29 +283,41 @@ def cmd_resample(args: argparse.Namespace) -> int:
         max_new = run.summary.get("generation", {}).get("max_new_tokens", max_new)
         probe = _run_probe(run_dir, info)
     config = GenerationConfig(max_new_tokens=max_new, batch_size=args.batch_size, seed=args.seed)
-    res = resample(
-        model,
-        dataset,
-        k=args.k,
-        temperature=args.temperature,
-        config=config,
-        fmt=parse_format(args.prompt, model),
-        greedy=greedy,
-        extract_with_model=not args.no_model_extract,
-        progress=not args.quiet,
+    sample_cfg = GenerationConfig(
+        **{**vars(config), "temperature": args.temperature, "num_samples": args.k}
     )
-    X = available = cell = None
+    res = _finished_samples(Path(args.out), dataset, info, sample_cfg)
+    if res is None:
+        res = resample(
+            model,
+            dataset,
+            k=args.k,
+            temperature=args.temperature,
+            config=config,
+            fmt=parse_format(args.prompt, model),
+            greedy=greedy,
+            extract_with_model=not args.no_model_extract,
+            progress=not args.quiet,
+        )
+        res.save(args.out)  # the slow part is kept even if scoring below fails
+    X = available = cell = reference = None
     if probe is not None:
-        # the correctness probe's P(correct) on every sample and greedy answer (for `select`)
-        flat = [r for s in res.sets for r in (s.greedy, *s.samples)]
-        scores = score_records(model, probe, flat, progress=not args.quiet)
-        for r, v in zip(flat, scores.tolist(), strict=True):
-            r["probe_score"] = None if v != v else round(v, 6)
         cell = {"hook": probe.hook, "position": probe.position}
+        flat = [r for s in res.sets for r in (s.greedy, *s.samples)]
+        if res.meta.get("probe") != cell | {"from_run": str(run_dir)} or any(
+            "probe_score" not in r for r in flat
+        ):
+            # the correctness probe's P(correct) on every sample and greedy answer (`select`)
+            scores = score_records(model, probe, flat, progress=not args.quiet)
+            for r, v in zip(flat, scores.tolist(), strict=True):
+                r["probe_score"] = None if v != v else round(v, 6)
+            res.meta["probe"] = cell | {"from_run": str(run_dir)}
         X, available = _greedy_activations(run_dir, res.sets, probe.hook, probe.position)
-        res.meta["probe"] = cell | {"from_run": str(run_dir)}
+        reference = [s.greedy.get("probe_score") for s in res.sets]
     out = res.save(args.out)
-    types = error_type_report(res.sets, X, available, cell, n_boot=args.n_boot)
+    types = error_type_report(
+        res.sets, X, available, cell, n_boot=args.n_boot, reference_scores=reference
+    )
     types.save(out)
     s = res.summary()
     print(
@@ -319,6 +331,27 @@ def cmd_resample(args: argparse.Namespace) -> int:
     print(types.to_markdown())
     print(f"wrote {out / 'samples.jsonl'}, resample_summary.json, error_types.json/md/png")
     return 0
+
+
+def _finished_samples(out: Path, dataset, info, sample_cfg):
+    """The samples already in `out` if they were made for these questions and settings."""
+    from tl_truth.resampling import SAMPLES_FILE, Resampling
+
+    if not (out / SAMPLES_FILE).exists():
+        return None
+    old = Resampling.load(out)
+    same = (
+        [s.key for s in old.sets] == [(q.task, q.id) for q in dataset.questions]
+        and (old.meta.get("model") or {}).get("fingerprint") == info.fingerprint
+        and old.meta.get("generation") == json.loads(json.dumps(vars(sample_cfg)))
+    )
+    if not same:
+        raise ValueError(
+            f"{out} holds samples for other questions, model or settings; "
+            "use another --out or delete it"
+        )
+    print(f"reusing the samples in {out / SAMPLES_FILE}")
+    return old
 
 
 def cmd_select(args: argparse.Namespace) -> int:

@@ -170,8 +170,10 @@ class ErrorTypeReport:
             f"## Error types (K = {t.k}; most >= {t.half}, competing >= {t.quarter} each, "
             f"many >= {t.many} answers)",
             "",
-            "| type | " + " | ".join(self.distribution()) + " | probe AUC [95% CI] (n test +) |",
-            "|---|" + "---|" * (len(self.distribution()) + 1),
+            "| type | "
+            + " | ".join(self.distribution())
+            + " | probe AUC [95% CI] (n test +) | correctness probe as reference |",
+            "|---|" + "---|" * (len(self.distribution()) + 2),
         ]
         dist = self.distribution()
         for name in ERROR_TYPES:
@@ -181,10 +183,17 @@ class ErrorTypeReport:
             else:
                 probe = p.get("skipped", "-")
             cells = " | ".join("-" if d[name] is None else f"{d[name]:.3f}" for d in dist.values())
-            lines.append(f"| {name} | {cells} | {probe} |")
-        lines.append(f"| (n questions) | {' | '.join(str(d['n']) for d in dist.values())} | |")
+            ref = p.get("reference_auc")
+            lines.append(f"| {name} | {cells} | {probe} | {'-' if ref is None else f'{ref:.3f}'} |")
+        n_row = " | ".join(str(d["n"]) for d in dist.values())
+        lines.append(f"| (n questions) | {n_row} | | |")
         lines.append("")
         lines.append(f"Questions of no type: {self.untyped()}.")
+        lines.append(
+            "The reference column scores each type with the correctness probe's P(correct) of "
+            "the greedy answer (max(AUC, 1 - AUC)): a type probe shows type information beyond "
+            "correctness only where it beats it."
+        )
         if self.cell:
             lines.append(
                 f"Probes read the greedy answer at {self.cell['hook']} / {self.cell['position']}."
@@ -230,12 +239,17 @@ def type_probes(
     min_per_class: int = 5,
     n_boot: int = 1000,
     seed: int = 0,
+    reference_scores: Sequence[float | None] | None = None,
     **probe_kwargs,
 ) -> dict[str, dict]:
     """One logistic probe per type: type vs not, on rows with an activation (`available`).
 
     A type with fewer than `min_per_class` positives or negatives in train or test gets
-    `{"skipped": reason}` instead of an AUC.
+    `{"skipped": reason}` instead of an AUC. `reference_scores` (e.g. the correctness probe's
+    P(correct) of the greedy answer) are scored as a type predictor on the same test rows:
+    the types correlate with correctness, and a per-type probe only shows type information
+    beyond correctness where it beats that reference (`reference_auc` is max(AUC, 1 - AUC),
+    as the sign differs between types).
     """
     avail = np.asarray(available, dtype=bool)
     tr = np.asarray(train, dtype=bool) & avail
@@ -259,6 +273,11 @@ def type_probes(
             "auc": round(roc_auc(scores, y[te]), 4),
             "ci": [round(float(lo), 4), round(float(hi), 4)],
         }
+        if reference_scores is not None:
+            ref = np.array([np.nan if v is None else v for v in reference_scores], dtype=float)
+            keep = te & np.isfinite(ref)
+            auc = roc_auc(ref[keep], y[keep])
+            out[name]["reference_auc"] = round(max(auc, 1 - auc), 4)
     return out
 
 
@@ -270,6 +289,7 @@ def error_type_report(
     n_boot: int = 1000,
     seed: int = 0,
     min_per_class: int = 5,
+    reference_scores: Sequence[float | None] | None = None,
 ) -> ErrorTypeReport:
     """Types of every question; with `X` (greedy activations, one row per set) a probe per type.
 
@@ -288,6 +308,13 @@ def error_type_report(
             available = [True] * len(sets)
         train = [s.greedy["split"] == "train" for s in sets]
         report.probes = type_probes(
-            types, X, available, train, min_per_class=min_per_class, n_boot=n_boot, seed=seed
+            types,
+            X,
+            available,
+            train,
+            min_per_class=min_per_class,
+            n_boot=n_boot,
+            seed=seed,
+            reference_scores=reference_scores,
         )
     return report

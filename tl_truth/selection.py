@@ -95,10 +95,13 @@ def _boot(values: dict[str, np.ndarray], n_boot: int, seed: int) -> dict[str, di
             "value": round(float(values[k].mean()), 4),
             "ci": [round(float(np.quantile(boots, q)), 4) for q in (0.025, 0.975)],
         }
-        if k != "greedy":
-            diff = values[k] - values["greedy"]
+        # paired differences: the probe against greedy and against its fair controls
+        for ref in ("greedy", "majority", "random_located"):
+            if k == ref or ref not in values or (ref != "greedy" and k != "probe"):
+                continue
+            diff = values[k] - values[ref]
             d = diff[idx].mean(1)
-            out[k]["minus_greedy"] = {
+            out[k][f"minus_{ref}"] = {
                 "value": round(float(diff.mean()), 4),
                 "ci": [round(float(np.quantile(d, q)), 4) for q in (0.025, 0.975)],
             }
@@ -201,11 +204,13 @@ class SelectionResult:
             )
         lines.append("")
         for k in names:
-            d = self.accuracy[k].get("minus_greedy")
-            if d:
-                lines.append(
-                    f"- {k} minus greedy: {d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
-                )
+            for ref in ("greedy", "majority", "random_located"):
+                d = self.accuracy[k].get(f"minus_{ref}")
+                if d:
+                    lines.append(
+                        f"- {k} minus {ref} (paired): {d['value']:+.3f} "
+                        f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+                    )
         if self.n_probe_fallback:
             lines.append(
                 f"- {self.n_probe_fallback} questions had no sample with a probe score "
