@@ -12,6 +12,7 @@ from tl_truth.patch_study import (
     ALIGNED_POSITIONS,
     aligned_position,
     knows_more_pairs,
+    load_study,
     patch_pair,
     patching_study,
 )
@@ -157,6 +158,25 @@ def test_study_average_skips_missing_positions_and_saves(tiny, tmp_path):
     assert "knows more" in study.to_markdown()
     assert len(study.to_dataframe()) == 2 * 2 * len(ALIGNED_POSITIONS)
     assert np.isfinite(study.to_dataframe()["probe_score"]).sum() == 2 * 2 * 6 - 2
+    # gap closed = ratio of means over the questions that have the position
+    r0, r1 = study.results
+    j = ALIGNED_POSITIONS.index("exact_last")
+    num = (r0.probe_score[1, j] + r1.probe_score[1, j]) / 2
+    num -= (r0.corrupted_probe_score + r1.corrupted_probe_score) / 2
+    den = (r0.clean_probe_score + r1.clean_probe_score) / 2
+    den -= (r0.corrupted_probe_score + r1.corrupted_probe_score) / 2
+    assert study.gap_closed()[1, j] == pytest.approx(float(num / den), rel=1e-4, abs=1e-4)
+    after = ALIGNED_POSITIONS.index("after_exact")
+    only0 = (r0.probe_score[1, after] - r0.corrupted_probe_score) / (
+        r0.clean_probe_score - r0.corrupted_probe_score
+    )
+    assert study.gap_closed()[1, after] == pytest.approx(float(only0), rel=1e-4, abs=1e-4)
+    back = load_study(tmp_path)
+    assert back.pairs == study.pairs
+    for m in ("probe_score", "answer_logit"):  # saved values are rounded to 4 decimals
+        a, b = back.summary()[m], study.summary()[m]
+        assert a["clean_mean"] == pytest.approx(b["clean_mean"], abs=1e-3)
+        assert a["best_cell"]["position"] == b["best_cell"]["position"]
 
 
 def test_study_without_pairs_says_why(tiny):

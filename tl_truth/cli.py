@@ -435,6 +435,27 @@ def cmd_patch(args: argparse.Namespace) -> int:
         if args.split == "all"
         else [s for s in res.sets if s.greedy["split"] == args.split]
     )
+    done = Path(args.out) / "patching.json"
+    if done.exists():
+        from tl_truth.patch_study import load_study
+
+        study = load_study(args.out)
+        same = (
+            study.meta.get("samples") == args.samples
+            and study.meta.get("split") == args.split
+            and study.average().layers == layers
+            and study.average().hook_kind == args.hook
+            and study.probe.get("hook") == probe.hook
+            and study.probe.get("position") == probe.position
+            and (study.meta.get("model") or {}).get("fingerprint") == info.fingerprint
+            and (args.max_questions is None or len(study.results) <= args.max_questions)
+        )
+        if not same:
+            raise ValueError(f"{done} was made with other settings; use another --out")
+        print(f"reusing the patched questions in {done}")
+        study.save(args.out)
+        print(study.to_markdown())
+        return 0
     study = patching_study(
         model,
         sets,

@@ -171,16 +171,22 @@ class PatchStudy:
         )
 
     def gap_closed(self, metric: str = "probe_score") -> Any:
-        """Per (layer, position): mean over questions of (patched - corrupted) / (clean -
-        corrupted), questions whose clean and corrupted values are within 0.1 left out."""
-        fr = []
-        for r in self.results:
-            clean = getattr(r, f"clean_{metric}")
-            corr = getattr(r, f"corrupted_{metric}")
-            if abs(clean - corr) < 0.1:
-                continue
-            fr.append((getattr(r, metric).double().numpy() - corr) / (clean - corr))
-        return np.nanmean(np.stack(fr), 0) if fr else None
+        """Per (layer, position): (mean patched - mean corrupted) / (mean clean - mean
+        corrupted), each mean over the questions that have that position. A ratio of means,
+        not a mean of per-question ratios, which explode where clean ~ corrupted."""
+        patched = np.stack([getattr(r, metric).double().numpy() for r in self.results])
+        clean = np.array([getattr(r, f"clean_{metric}") for r in self.results])[:, None, None]
+        corr = np.array([getattr(r, f"corrupted_{metric}") for r in self.results])[:, None, None]
+        present = np.isfinite(patched)
+        n = present.sum(0)
+
+        def mean(a):
+            return np.where(present, a, 0.0).sum(0) / np.maximum(n, 1)
+
+        gap = mean(clean + 0 * patched) - mean(corr + 0 * patched)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = (mean(np.nan_to_num(patched)) - mean(corr + 0 * patched)) / gap
+        return np.where((n > 0) & (np.abs(gap) > 1e-9), out, np.nan)
 
     def summary(self) -> dict:
         avg = self.average()
@@ -282,6 +288,44 @@ class PatchStudy:
             fig = r.plot(title=f"{p['question']}  wrong: {p['wrong']!r}  right: {p['right']!r}")
             fig.savefig(out / "patching_examples" / f"{i:03d}.png", dpi=100, bbox_inches="tight")
         return out
+
+
+def load_study(out_dir: str | Path) -> PatchStudy:
+    """A study saved by `PatchStudy.save` (per-question values from `patching.json`)."""
+    doc = json.loads((Path(out_dir) / PATCHING_FILE).read_text())
+    summary = doc["summary"]
+    results, pairs = [], []
+    for ex in doc["examples"]:
+
+        def grid(key, ex=ex):
+            return torch.tensor([[np.nan if x is None else x for x in row] for row in ex[key]])
+
+        results.append(
+            PatchResult(
+                probe_score=grid("probe_score"),
+                answer_logit=grid("answer_logit"),
+                clean_probe_score=ex["clean_probe_score"],
+                corrupted_probe_score=ex["corrupted_probe_score"],
+                clean_answer_logit=ex["clean_answer_logit"],
+                corrupted_answer_logit=ex["corrupted_answer_logit"],
+                hook_kind=summary["hook_kind"],
+                positions=list(range(len(ALIGNED_POSITIONS))),
+                labels=list(ALIGNED_POSITIONS),
+                layers=summary["layers"],
+            )
+        )
+        pairs.append({k: v for k, v in ex.items() if k not in _RESULT_KEYS})
+    return PatchStudy(results, pairs, probe=summary.get("probe", {}), meta=doc.get("meta", {}))
+
+
+_RESULT_KEYS = (
+    "probe_score",
+    "answer_logit",
+    "clean_probe_score",
+    "corrupted_probe_score",
+    "clean_answer_logit",
+    "corrupted_answer_logit",
+)
 
 
 def _r(x: float) -> float | None:
