@@ -160,7 +160,7 @@ class SelectionResult:
         """Accuracy per strategy with 95% CIs (oracle = any of the K samples right)."""
         import matplotlib.pyplot as plt
 
-        ax = ax or plt.subplots(figsize=(5, 3.2))[1]
+        ax = ax or plt.subplots(figsize=(6.5, 3.4))[1]
         names = [k for k in ORDER if k in self.accuracy]
         vals = [self.accuracy[k]["value"] for k in names]
         err = np.array(
@@ -177,6 +177,7 @@ class SelectionResult:
             color=[COLORS[k] for k in names],
         )
         ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", labelrotation=20)
         ax.set_ylabel("accuracy")
         ax.set_title(f"answer selection among K={self.k} samples (n={self.n})")
         return ax
