@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tl_truth.outputs import save_outputs
 from tl_truth.probes import Probe, bootstrap_auc_ci, roc_auc
 from tl_truth.resampling import SampleSet
 
@@ -202,21 +203,7 @@ class ErrorTypeReport:
 
     def save(self, out_dir) -> None:
         """`error_types.json`, `error_types.md` and `error_types.png` in `out_dir`."""
-        import json
-        from pathlib import Path
-
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "error_types.json").write_text(json.dumps(self.to_dict(), indent=2))
-        (out / "error_types.md").write_text(self.to_markdown())
-        ax = self.plot()
-        ax.figure.savefig(out / "error_types.png", dpi=120, bbox_inches="tight")
-        plt.close(ax.figure)
+        save_outputs(out_dir, "error_types", self.to_dict(), self.to_markdown(), self.plot())
 
 
 _DEFINITIONS = {

@@ -9,7 +9,6 @@ confident" shows up as ~0 off the diagonal.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +18,9 @@ import torch
 
 from tl_truth.activations import ActivationStore
 from tl_truth.baselines import LOGIT_SCORES, logit_scores
+from tl_truth.outputs import save_outputs
 from tl_truth.positions import EXACT_POSITIONS
 from tl_truth.probes import bootstrap_auc_ci, fit_probe_grid, roc_auc
-
-GENERALIZATION_FILE = "generalization.json"
 
 
 @dataclass
@@ -191,12 +189,9 @@ class GeneralizationResult:
         return "\n".join(lines) + "\n"
 
     def save(self, out_dir: str | Path) -> Path:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / GENERALIZATION_FILE).write_text(json.dumps(self.to_dict(), indent=2))
-        (out / "generalization.md").write_text(self.to_markdown())
-        self.plot().savefig(out / "generalization.png", dpi=120, bbox_inches="tight")
-        return out
+        return save_outputs(
+            out_dir, "generalization", self.to_dict(), self.to_markdown(), self.plot()
+        )
 
 
 def _r(x: float) -> float | None:

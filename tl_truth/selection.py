@@ -10,7 +10,6 @@ paired (the same resampled questions for both).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tl_truth.error_types import ERROR_TYPES, Thresholds, error_types
+from tl_truth.outputs import save_outputs
 from tl_truth.resampling import SampleSet
 
 STRATEGIES = ("greedy", "random", "majority", "probe")
@@ -30,7 +30,6 @@ COLORS = {
     "probe": "#c54",
     "oracle": "#ddd",
 }
-SELECTION_FILE = "selection.json"
 
 
 def majority_choice(s: SampleSet) -> float:
@@ -220,19 +219,7 @@ class SelectionResult:
         return "\n".join(lines) + "\n"
 
     def save(self, out_dir: str | Path) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / SELECTION_FILE).write_text(json.dumps(self.to_dict(), indent=2))
-        (out / "selection.md").write_text(self.to_markdown())
-        ax = self.plot()
-        ax.figure.savefig(out / "selection.png", dpi=120, bbox_inches="tight")
-        plt.close(ax.figure)
-        return out
+        return save_outputs(out_dir, "selection", self.to_dict(), self.to_markdown(), self.plot())
 
 
 def select_answers(

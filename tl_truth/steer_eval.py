@@ -9,7 +9,6 @@ beats those.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from tl_truth.answers import answer_questions
 from tl_truth.directions import Direction, random_like
 from tl_truth.generation import GenerationConfig
+from tl_truth.outputs import save_outputs
 from tl_truth.probes import Probe
 from tl_truth.questions import QADataset
 from tl_truth.report import fmt_value
@@ -139,19 +139,7 @@ class SteeringResult:
         return "\n".join(lines)
 
     def save(self, out: str | Path) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "steering.json").write_text(json.dumps(self.to_dict(), indent=2))
-        (out / "steering.md").write_text(self.to_markdown())
-        ax = self.plot()
-        ax.figure.savefig(out / "steering.png", dpi=120, bbox_inches="tight")
-        plt.close(ax.figure)
-        return out
+        return save_outputs(out, "steering", self.to_dict(), self.to_markdown(), self.plot())
 
 
 def steering_sweep(
