@@ -257,3 +257,29 @@ def test_random_located_only_counts_scored_samples():
     res = select_answers([s], {s.key: [float("nan"), 0.1, float("nan"), 0.2]}, n_boot=10)
     assert res.accuracy["random"]["value"] == 0.5
     assert res.accuracy["random_located"]["value"] == 1.0
+
+
+def test_resample_resume_only_for_the_same_questions_and_settings(tmp_path):
+    from types import SimpleNamespace
+
+    from tl_truth.cli import _finished_samples
+    from tl_truth.generation import GenerationConfig
+    from tl_truth.questions import QADataset, make_question
+
+    cfg = GenerationConfig(temperature=1.0, num_samples=3)
+    meta = {"model": {"fingerprint": "abc"}, "generation": vars(cfg)}
+    sets = [sset(["Paris"] * 3, qid="a"), sset(["Lyon"] * 3, qid="b")]
+    Resampling(sets, meta).save(tmp_path)
+    ds = QADataset("d", [make_question(q, "Q?", "Paris", "t", "factual") for q in ("a", "b")])
+    info = SimpleNamespace(fingerprint="abc")
+    assert _finished_samples(tmp_path / "none", ds, info, cfg) is None
+    got = _finished_samples(tmp_path, ds, info, cfg)
+    assert [s.key for s in got.sets] == [("t", "a"), ("t", "b")]
+    other = GenerationConfig(temperature=1.0, num_samples=5)
+    for args in (
+        (ds, info, other),
+        (ds[:1], info, cfg),
+        (ds, SimpleNamespace(fingerprint="x"), cfg),
+    ):
+        with pytest.raises(ValueError, match="other questions, model or settings"):
+            _finished_samples(tmp_path, *args)
