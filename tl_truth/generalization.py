@@ -3,8 +3,8 @@
 For each task A the (hook, position) is A's own best by cross-validation on A's training split
 (among the exact-answer positions by default, as in the paper); the probe fit there on A's train
 split is scored on every task B's test split. The paper's reading subtracts the logit baseline
-(the best logit aggregation on the same B rows): a probe that only carries "this answer looks
-confident" shows up as ~0 off the diagonal.
+(the logit aggregation that is best on B's train split, scored on the same B test rows): a probe
+that only carries "this answer looks confident" shows up as ~0 off the diagonal.
 """
 
 from __future__ import annotations
@@ -154,6 +154,12 @@ class GeneralizationResult:
                 f"| {self.tasks[i]} | " + " | ".join(f(self.auc[i][j]) for j in idx) + " |"
             )
         lines += ["", "## AUC minus the logit baseline on the same test rows", "", head, sep]
+        lines.insert(
+            len(lines) - 2,
+            "Baseline per test task (best logit aggregation on its train split): "
+            + ", ".join(f"{t} {self.meta.get('logit_baseline', {}).get(t)}" for t in order)
+            + "\n",
+        )
         aml = self.auc_minus_logit
         for i in idx:
             lines.append(f"| {self.tasks[i]} | " + " | ".join(f(aml[i][j]) for j in idx) + " |")
@@ -198,6 +204,18 @@ def _r(x: float) -> float | None:
     return None if x is None or np.isnan(x) else round(float(x), 4)
 
 
+def _train_best_logit(logits: dict[str, np.ndarray], y: np.ndarray, rows: np.ndarray) -> str | None:
+    best, best_auc = None, -1.0
+    for name in LOGIT_SCORES:
+        keep = rows & ~np.isnan(logits[name])
+        if keep.sum() == 0 or y[keep].min() == y[keep].max():
+            continue
+        auc = roc_auc(logits[name][keep], y[keep])
+        if auc > best_auc:
+            best, best_auc = name, auc
+    return best
+
+
 def generalization_matrix(
     store: ActivationStore,
     records: Sequence[dict],
@@ -232,6 +250,12 @@ def generalization_matrix(
     task_of = np.array([e["task"] for e in ex])
     train, test = store.split_mask("train"), store.split_mask("test")
     logits = logit_scores(records)
+    # Each test task's logit baseline is the aggregation (mean / min / max, whole answer or
+    # exact tokens) with the best AUC on that task's *train* answers, so the baseline is not
+    # tuned on the test rows it is compared on.
+    baseline = {
+        t: _train_best_logit(logits, y.numpy(), (task_of == t) & train.numpy()) for t in tasks
+    }
 
     cells: dict[str, dict] = {}
     probes = {}
@@ -295,10 +319,9 @@ def generalization_matrix(
             lo, hi = bootstrap_auc_ci(scores, yb, n_boot=n_boot, seed=seed)
             ci[i][j] = [_r(lo), _r(hi)]
             r = rows.numpy()
-            base = [
-                roc_auc(logits[k][r], yb) for k in LOGIT_SCORES if not np.isnan(logits[k][r]).any()
-            ]
-            logit_auc[i][j] = _r(max(base)) if base else None
+            name = baseline[b]
+            if name is not None and not np.isnan(logits[name][r]).any():
+                logit_auc[i][j] = _r(roc_auc(logits[name][r], yb))
     return GeneralizationResult(
         tasks,
         skills,
@@ -310,6 +333,9 @@ def generalization_matrix(
         meta={
             "model": store.meta["model"],
             "positions": cand,
-            "logit_baseline": "best of " + ", ".join(LOGIT_SCORES),
+            "logit_baseline": baseline,
+            "logit_baseline_rule": "per test task, the best of "
+            + ", ".join(LOGIT_SCORES)
+            + " on that task's train answers",
         },
     )
