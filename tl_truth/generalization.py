@@ -284,7 +284,11 @@ def generalization_matrix(
             shuffled_control=False,
             progress=progress,
         )
-        best = grid.best(by="cv")
+        try:
+            best = grid.best(by="cv")
+        except ValueError as e:  # e.g. too few examples at every position for CV
+            cells[t] = {"skipped": str(e), "n_train_correct": n_pos, "n_train_wrong": n_neg}
+            continue
         cv = np.asarray(grid.cv_auc, dtype=float)[
             grid.hooks.index(best["hook"]), grid.positions.index(best["position"])
         ]
