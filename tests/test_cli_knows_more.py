@@ -83,3 +83,13 @@ def test_generalize_from_run(run_dir, tmp_path):
             a, m, b = g["auc"][i][j], g["auc_minus_logit"][i][j], g["logit_auc"][i][j]
             assert a is None or (0 <= a <= 1 and m == pytest.approx(a - b, abs=1e-3))
     assert (out / "generalization.png").exists()
+
+
+def test_generalize_runs_the_job_when_no_run_is_given(tmp_path):
+    out = tmp_path / "gen"
+    args = "generalize --dataset capitals,elements --limit 24 --layers 8 --max-new-tokens 24 "
+    args += f"--no-model-extract --n-boot 50 --quiet --out {out}"
+    assert main(args.split()) == 0
+    assert (out / "report.json").exists() and (out / "activations" / "meta.json").exists()
+    g = json.loads((out / "generalization.json").read_text())
+    assert g["tasks"] == ["capitals", "elements"] and g["meta"]["from_run"] == str(out)
