@@ -98,3 +98,32 @@ def test_backend_detection(tiny):
     assert backend_of(tiny) in ("bridge", "hooked")
     with pytest.raises(TypeError, match="HookedTransformer or TransformerBridge"):
         backend_of(torch.nn.Linear(2, 2))
+
+
+def test_shared_prompt_pass_for_k_samples(tiny):
+    """K samples share one prompt pass (the cache is repeated row-wise): same samples as
+    without the cache, and every sample's log-probabilities match a plain forward."""
+    kw = dict(max_new_tokens=6, temperature=1.0, num_samples=4, seed=3, batch_size=6)
+    # batch_size 6 < 3 x 4 rows: a question's samples straddle two batches
+    shared = generate_ids(tiny, PROMPTS[:3], GenerationConfig(**kw), progress=False)
+    plain = generate_ids(tiny, PROMPTS[:3], GenerationConfig(**kw, use_cache=False), progress=False)
+    assert [[s["answer_token_ids"] for s in q] for q in shared] == [
+        [s["answer_token_ids"] for s in q] for q in plain
+    ]
+    assert len({tuple(s["answer_token_ids"]) for q in shared for s in q}) > 3  # they do differ
+    for prompt, samples in zip(PROMPTS, shared, strict=False):
+        for s in samples:
+            ans = s["answer_token_ids"]
+            if not ans:
+                continue
+            with torch.no_grad():
+                logp = torch.log_softmax(tiny(torch.tensor([prompt + ans]))[0].float(), -1)
+            ref = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(ans)]
+            assert s["token_logprobs"] == pytest.approx(ref, abs=1e-4)
+
+
+def test_shared_prompts_groups_consecutive_rows():
+    from tl_truth.generation import _shared_prompts
+
+    unique, index = _shared_prompts([[1, 2], [1, 2], [3], [1, 2]])
+    assert unique == [[1, 2], [3], [1, 2]] and index.tolist() == [0, 0, 1, 2]

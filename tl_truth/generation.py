@@ -100,6 +100,11 @@ class _BridgeStepper:
         )
         return logits
 
+    def expand(self, index: Int[Tensor, " rows"]) -> None:
+        """Repeat cached rows (`index` into the current rows), e.g. one prefill per prompt."""
+        self.cache.reorder_cache(index.to(self.mask.device))  # index_select on every layer
+        self.mask = self.mask[index]
+
 
 class _HookedStepper:
     """HookedTransformer: its own KV cache, which appends each step's mask itself."""
@@ -112,6 +117,13 @@ class _HookedStepper:
 
     def __call__(self, tokens: Tensor, mask: Tensor) -> Float[Tensor, "batch seq vocab"]:
         return self.model(tokens, attention_mask=mask, past_kv_cache=self.cache)
+
+    def expand(self, index: Int[Tensor, " rows"]) -> None:
+        for entry in self.cache.entries:
+            entry.past_keys = entry.past_keys[index.to(entry.past_keys.device)]
+            entry.past_values = entry.past_values[index.to(entry.past_values.device)]
+        mask = self.cache.previous_attention_mask
+        self.cache.previous_attention_mask = mask[index.to(mask.device)]
 
 
 class _NoCacheStepper:
@@ -146,6 +158,7 @@ class GenerationConfig:
     seed: int = 0
     use_cache: bool = True
     extra_stop_ids: tuple[int, ...] = field(default_factory=tuple)
+    share_prompt_pass: bool = True  # K samples of a prompt: one prompt pass, cache repeated
 
 
 def stop_token_ids(tokenizer: Any, model: Any = None) -> set[int]:
@@ -232,34 +245,64 @@ def generate_ids(
     return out  # type: ignore[return-value]
 
 
-def _decode_batch(model, prompts, cfg, stops, newline_ids, pad_id, device, gen) -> list[dict]:
-    batch = len(prompts)
+def _shared_prompts(prompts: Sequence[Sequence[int]]) -> tuple[list, Int[Tensor, " rows"]]:
+    """Consecutive identical prompts (the K samples of a question) and each row's prompt."""
+    unique: list = []
+    index = []
+    for p in prompts:
+        if not unique or list(p) != list(unique[-1]):
+            unique.append(p)
+        index.append(len(unique) - 1)
+    return unique, torch.tensor(index)
+
+
+def _left_pad(prompts, pad_id) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     lengths = torch.tensor([len(p) for p in prompts])
     width = int(lengths.max())
     pads = width - lengths
-    tokens = torch.full((batch, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((batch, width), dtype=torch.long)
+    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for r, p in enumerate(prompts):
         tokens[r, pads[r] :] = torch.tensor(p)
         mask[r, pads[r] :] = 1
-    step_fn = _stepper(model, batch, cfg.use_cache)
+    return tokens, mask, pads, lengths
+
+
+def _decode_batch(model, prompts, cfg, stops, newline_ids, pad_id, device, gen) -> list[dict]:
+    batch = len(prompts)
+    # With the cache, rows that share a prompt (K samples) share one prompt pass: the cache is
+    # then repeated row-wise. Without it every pass re-runs the sequence, so rows stay rows.
+    share = cfg.use_cache and cfg.share_prompt_pass
+    unique, index = _shared_prompts(prompts) if share else (list(prompts), None)
+    if index is not None and len(unique) == batch:
+        index = None
+    tokens, mask, pads0, lengths0 = _left_pad(unique if index is not None else prompts, pad_id)
+    pads = pads0 if index is None else pads0[index]
+    lengths = lengths0 if index is None else lengths0[index]
+    step_fn = _stepper(model, len(tokens), cfg.use_cache)
+
+    def forward(feed, feed_mask, offset, step, row_pads, row_lengths) -> Tensor:
+        # Without the cache each pass re-runs the whole sequence from position 0.
+        state = DecodeState(
+            offset if cfg.use_cache else 0, row_pads.to(device), row_lengths.to(device), step
+        )
+        token_ = _STATE.set(state)
+        try:
+            return step_fn(feed, feed_mask)[:, -1].float()
+        finally:
+            _STATE.reset(token_)
+
+    logits = forward(tokens.to(device), mask.to(device), 0, 0, pads0, lengths0)
+    offset = tokens.shape[1]
+    if index is not None:
+        step_fn.expand(index.to(device))
+        logits = logits[index.to(logits.device)]
     answers: list[list[int]] = [[] for _ in range(batch)]
     logprobs: list[list[float]] = [[] for _ in range(batch)]
     stop_reason = ["max_tokens"] * batch
     stop_tok: list[int | None] = [None] * batch
     done = torch.zeros(batch, dtype=torch.bool)
-    feed, feed_mask, offset = tokens.to(device), mask.to(device), 0
     for step in range(cfg.max_new_tokens):
-        # Without the cache each pass re-runs the whole sequence from position 0.
-        state = DecodeState(
-            offset if cfg.use_cache else 0, pads.to(device), lengths.to(device), step
-        )
-        token_ = _STATE.set(state)
-        try:
-            logits = step_fn(feed, feed_mask)[:, -1].float()
-        finally:
-            _STATE.reset(token_)
-        offset += feed.shape[1]
         logp = torch.log_softmax(logits, dim=-1).cpu()
         if cfg.temperature > 0:
             probs = torch.softmax(logits.cpu() / cfg.temperature, dim=-1)
@@ -277,12 +320,13 @@ def _decode_batch(model, prompts, cfg, stops, newline_ids, pad_id, device, gen) 
                 continue
             answers[r].append(t)
             logprobs[r].append(float(logp[r, t]))
-        if bool(done.all()):
+        if bool(done.all()) or step == cfg.max_new_tokens - 1:
             break
         # Finished rows keep decoding a pad token (masked in) so shapes stay rectangular.
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        feed = nxt[:, None].to(device)
         feed_mask = torch.ones((batch, 1), dtype=torch.long, device=device)
+        logits = forward(nxt[:, None].to(device), feed_mask, offset, step + 1, pads, lengths)
+        offset += 1
     return [
         {
             "answer_token_ids": answers[r],
