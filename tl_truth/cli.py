@@ -43,22 +43,28 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _load_model(args: argparse.Namespace):
+    """The model named by the shared options (threads set first: loading is CPU work too)."""
     import torch
 
-    from tl_truth.answers import answer_questions
-    from tl_truth.data import load_questions
-    from tl_truth.generation import GenerationConfig
     from tl_truth.models import load_model
-    from tl_truth.prompts import parse_format
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    dataset = load_questions(args.dataset, args.limit)
-    t0 = time.perf_counter()
-    model = load_model(
+    return load_model(
         args.model, backend=args.backend, device=args.device, compatibility_mode=args.compat
     )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tl_truth.answers import answer_questions
+    from tl_truth.data import load_questions
+    from tl_truth.generation import GenerationConfig
+    from tl_truth.prompts import parse_format
+
+    dataset = load_questions(args.dataset, args.limit)
+    t0 = time.perf_counter()
+    model = _load_model(args)
     load_s = time.perf_counter() - t0
     run = answer_questions(
         model,
@@ -101,21 +107,15 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import torch
-
     from tl_truth.data import load_questions
     from tl_truth.generation import GenerationConfig
-    from tl_truth.models import hook_name, load_model
+    from tl_truth.models import hook_name
     from tl_truth.positions import NAMED_POSITIONS
     from tl_truth.prompts import parse_format
     from tl_truth.report import run_all
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     dataset = load_questions(args.dataset, args.limit)
-    model = load_model(
-        args.model, backend=args.backend, device=args.device, compatibility_mode=args.compat
-    )
+    model = _load_model(args)
     kinds = [k.strip() for k in args.hooks.split(",") if k.strip()]
     layers = parse_layers(args.layers, model.cfg.n_layers)
     hooks = [hook_name(k, layer) for k in kinds for layer in layers]
@@ -142,23 +142,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    import torch
-
     from tl_truth.activations import ActivationStore
     from tl_truth.data import load_questions
     from tl_truth.directions import from_probe
     from tl_truth.generation import GenerationConfig
-    from tl_truth.models import load_model, model_info
+    from tl_truth.models import model_info
     from tl_truth.probes import Probe
     from tl_truth.steer_eval import steering_sweep
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if bool(args.probe) == bool(args.from_run):
         raise ValueError("give exactly one of --probe PATH or --from-run DIR")
-    model = load_model(
-        args.model, backend=args.backend, device=args.device, compatibility_mode=args.compat
-    )
+    model = _load_model(args)
     info = model_info(model)
     probes = {}
     if args.probe:
@@ -256,23 +250,17 @@ def _greedy_activations(run_dir: Path, sets, hook: str, position: str):
 
 
 def cmd_resample(args: argparse.Namespace) -> int:
-    import torch
-
     from tl_truth.answers import AnswerRun
     from tl_truth.data import load_questions
     from tl_truth.error_types import error_type_report
     from tl_truth.generation import GenerationConfig
-    from tl_truth.models import load_model, model_info
+    from tl_truth.models import model_info
     from tl_truth.prompts import parse_format
     from tl_truth.resampling import resample
     from tl_truth.scoring import score_records
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     dataset = load_questions(args.dataset, args.limit)
-    model = load_model(
-        args.model, backend=args.backend, device=args.device, compatibility_mode=args.compat
-    )
+    model = _load_model(args)
     info = model_info(model)
     greedy, probe, max_new = None, None, args.max_new_tokens
     run_dir = Path(args.from_run) if args.from_run else None
@@ -382,14 +370,10 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_generalize(args: argparse.Namespace) -> int:
-    import torch
-
     from tl_truth.activations import ActivationStore
     from tl_truth.answers import AnswerRun
     from tl_truth.generalization import generalization_matrix
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     run_dir = Path(args.from_run) if args.from_run else Path(args.out)
     if not args.from_run:
         # generate + capture every named position (+ the pooled probe report) into --out first
@@ -408,19 +392,13 @@ def cmd_generalize(args: argparse.Namespace) -> int:
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
-    import torch
-
-    from tl_truth.models import load_model, model_info
+    from tl_truth.models import model_info
     from tl_truth.patch_study import patching_study
     from tl_truth.probes import Probe
     from tl_truth.resampling import Resampling
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     res = Resampling.load(args.samples)
-    model = load_model(
-        args.model, backend=args.backend, device=args.device, compatibility_mode=args.compat
-    )
+    model = _load_model(args)
     info = model_info(model)
     if bool(args.probe) == bool(args.from_run):
         raise ValueError("give exactly one of --probe PATH or --from-run DIR")
