@@ -21,7 +21,8 @@ from tl_truth.positions import (
     token_char_ends,
 )
 
-SETTINGS = settings(max_examples=150, deadline=None)
+# derandomize: CI sees the same examples on every run (a red CI then means a real change)
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True)
 NO_CLEANUP = {"clean_up_tokenization_spaces": False}
 
 
@@ -119,7 +120,9 @@ def draw_ids(data, tok, text: str, segmentation: str) -> list[int]:
     """The tokenizer's own encoding, or an arbitrary segmentation of the text's bytes into
     vocabulary tokens (what a model may generate; exercises tokens that straddle characters)."""
     if segmentation == "encode":
-        return tok.encode(text, add_special_tokens=False)
+        ids = tok.encode(text, add_special_tokens=False)
+        assume(ids)  # SmolLM2's tokenizer encodes some control characters (e.g. "\x16") to nothing
+        return ids
     by_bytes, longest = vocab_bytes(tok)
     raw, ids, i = text.encode(), [], 0
     while i < len(raw):
@@ -422,3 +425,10 @@ def test_padded_activations_match_single_runs(tiny):
                 p, q = int(pos[r, j]), int(padded[r, j])
                 if p >= 0:
                     torch.testing.assert_close(batch_act[r, q], single[p], atol=1e-4, rtol=0)
+
+
+def test_token_char_ends_of_nothing(tok):
+    # SmolLM2 encodes "\x16" to no token at all; no tokens, no ends
+    ids = tok.encode("\x16", add_special_tokens=False)
+    assert len(token_char_ends(tok, ids)) == len(ids)
+    assert token_char_ends(tok, []) == []
