@@ -109,3 +109,15 @@ def test_records_must_follow_the_store(tmp_path):
         generalization_matrix(store, records[::-1], progress=False)
     with pytest.raises(ValueError, match="none of the positions"):
         generalization_matrix(store, records, positions=["last_prompt"], progress=False)
+
+
+def test_cell_by_key(tmp_path):
+    store, _ = synthetic_store(tmp_path / "s", ["a", "b"])
+    X, available = store.cell_by_key(HOOKS[1], "exact_last", [("b", "3"), ("c", "0"), ("a", "0")])
+    assert available == [True, False, True]
+    x, rows = store.cell(HOOKS[1], "exact_last")
+    torch.testing.assert_close(X[0], x[80 + 3])
+    torch.testing.assert_close(X[2], x[0])
+    assert not X[1].any()
+    with pytest.raises(ValueError, match="was not captured"):
+        store.cell_by_key(HOOKS[0], "last_prompt", [])

@@ -1,5 +1,7 @@
 """Our decoding loop against plain HF greedy decoding, with and without cache, both backends."""
 
+import json
+
 import pytest
 import torch
 
@@ -127,3 +129,16 @@ def test_shared_prompts_groups_consecutive_rows():
 
     unique, index = _shared_prompts([[1, 2], [1, 2], [3], [1, 2]])
     assert unique == [[1, 2], [3], [1, 2]] and index.tolist() == [0, 0, 1, 2]
+
+
+def test_same_generation_settings_ignores_speed_only_switches():
+    from tl_truth.generation import same_generation_settings
+
+    cfg = GenerationConfig(max_new_tokens=5, temperature=1.0, num_samples=3)
+    saved = json.loads(json.dumps(vars(cfg)))
+    assert same_generation_settings(saved, cfg)
+    older = {k: v for k, v in saved.items() if k != "share_prompt_pass"}  # before the switch
+    assert same_generation_settings(older, cfg)
+    assert same_generation_settings(saved, GenerationConfig(5, 1.0, 3, share_prompt_pass=False))
+    assert not same_generation_settings(saved, GenerationConfig(5, 1.0, 4))
+    assert not same_generation_settings(None, cfg)

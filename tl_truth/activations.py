@@ -164,6 +164,26 @@ class ActivationStore:
         rows = torch.nonzero(valid[:, 0]).squeeze(1)
         return acts[rows, 0, 0], rows
 
+    def cell_by_key(
+        self, hook: str, position: str, keys: Sequence[tuple[str, str]]
+    ) -> tuple[Float[Tensor, "k d_model"], list[bool]]:
+        """One row per (task, id) key: that question's greedy answer (sample 0) at this cell,
+        zeros where it has no such answer or position (`available` says which)."""
+        if hook not in self.hooks or position not in self.positions:
+            raise ValueError(f"{hook} / {position} was not captured in {self.path}")
+        x, rows = self.cell(hook, position)
+        where = {}
+        for i, r in enumerate(rows.tolist()):
+            e = self.examples[r]
+            if e.get("sample_index", 0) == 0:
+                where[(e["task"], e["id"])] = i
+        X = torch.zeros(len(keys), x.shape[1])
+        available = [k in where for k in keys]
+        for i, k in enumerate(keys):
+            if k in where:
+                X[i] = x[where[k]]
+        return X, available
+
 
 def _positions_label(p: str | PositionFn) -> str:
     return p if isinstance(p, str) else getattr(p, "__name__", repr(p))

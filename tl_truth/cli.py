@@ -224,32 +224,8 @@ def _run_probe(run_dir: Path, info):
     return Probe.load(path, expect_model=info)
 
 
-def _greedy_activations(run_dir: Path, sets, hook: str, position: str):
-    """Greedy answers' activations at one cell of a run's store, one row per sample set."""
-    import torch
-
-    from tl_truth.activations import ActivationStore
-
-    store = ActivationStore.open(run_dir / "activations")
-    if hook not in store.hooks or position not in store.positions:
-        raise ValueError(f"{hook} / {position} was not captured in {run_dir}")
-    x, rows = store.cell(hook, position)
-    where = {
-        (store.examples[int(r)]["task"], store.examples[int(r)]["id"]): i
-        for i, r in enumerate(rows)
-        if store.examples[int(r)].get("sample_index", 0) == 0
-    }
-    X = torch.zeros(len(sets), x.shape[1])
-    available = []
-    for i, s in enumerate(sets):
-        j = where.get(s.key)
-        available.append(j is not None)
-        if j is not None:
-            X[i] = x[j]
-    return X, available
-
-
 def cmd_resample(args: argparse.Namespace) -> int:
+    from tl_truth.activations import ActivationStore
     from tl_truth.answers import AnswerRun
     from tl_truth.data import load_questions
     from tl_truth.error_types import error_type_report
@@ -300,7 +276,8 @@ def cmd_resample(args: argparse.Namespace) -> int:
             for r, v in zip(flat, scores.tolist(), strict=True):
                 r["probe_score"] = None if v != v else round(v, 6)
             res.meta["probe"] = cell | {"from_run": str(run_dir)}
-        X, available = _greedy_activations(run_dir, res.sets, probe.hook, probe.position)
+        store = ActivationStore.open(run_dir / "activations")
+        X, available = store.cell_by_key(probe.hook, probe.position, [s.key for s in res.sets])
         reference = [s.greedy.get("probe_score") for s in res.sets]
     out = res.save(args.out)
     types = error_type_report(
@@ -323,6 +300,7 @@ def cmd_resample(args: argparse.Namespace) -> int:
 
 def _finished_samples(out: Path, dataset, info, sample_cfg):
     """The samples already in `out` if they were made for these questions and settings."""
+    from tl_truth.generation import same_generation_settings
     from tl_truth.resampling import SAMPLES_FILE, Resampling
 
     if not (out / SAMPLES_FILE).exists():
@@ -331,7 +309,7 @@ def _finished_samples(out: Path, dataset, info, sample_cfg):
     same = (
         [s.key for s in old.sets] == [(q.task, q.id) for q in dataset.questions]
         and (old.meta.get("model") or {}).get("fingerprint") == info.fingerprint
-        and old.meta.get("generation") == json.loads(json.dumps(vars(sample_cfg)))
+        and same_generation_settings(old.meta.get("generation"), sample_cfg)
     )
     if not same:
         raise ValueError(

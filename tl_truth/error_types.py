@@ -241,6 +241,8 @@ def type_probes(
     avail = np.asarray(available, dtype=bool)
     tr = np.asarray(train, dtype=bool) & avail
     te = ~np.asarray(train, dtype=bool) & avail
+    if reference_scores is not None:
+        ref = np.array([np.nan if v is None else v for v in reference_scores], dtype=float)
     out = {}
     for name in ERROR_TYPES:
         y = np.array([t[name] for t in types], dtype=int)
@@ -261,7 +263,6 @@ def type_probes(
             "ci": [round(float(lo), 4), round(float(hi), 4)],
         }
         if reference_scores is not None:
-            ref = np.array([np.nan if v is None else v for v in reference_scores], dtype=float)
             keep = te & np.isfinite(ref)
             auc = roc_auc(ref[keep], y[keep])
             out[name]["reference_auc"] = round(max(auc, 1 - auc), 4)

@@ -18,9 +18,10 @@ import torch
 
 from tl_truth.activations import ActivationStore
 from tl_truth.baselines import LOGIT_SCORES, logit_scores
-from tl_truth.outputs import save_outputs
+from tl_truth.outputs import json_safe, save_outputs
 from tl_truth.positions import EXACT_POSITIONS
 from tl_truth.probes import bootstrap_auc_ci, fit_probe_grid, roc_auc
+from tl_truth.report import select_cell
 
 
 @dataclass
@@ -200,10 +201,6 @@ class GeneralizationResult:
         )
 
 
-def _r(x: float) -> float | None:
-    return None if x is None or np.isnan(x) else round(float(x), 4)
-
-
 def _train_best_logit(logits: dict[str, np.ndarray], y: np.ndarray, rows: np.ndarray) -> str | None:
     best, best_auc = None, -1.0
     for name in LOGIT_SCORES:
@@ -284,18 +281,18 @@ def generalization_matrix(
             shuffled_control=False,
             progress=progress,
         )
-        try:
-            best = grid.best(by="cv")
-        except ValueError as e:  # e.g. too few examples at every position for CV
-            cells[t] = {"skipped": str(e), "n_train_correct": n_pos, "n_train_wrong": n_neg}
+        best = select_cell(grid, tuple(cand))
+        if best is None:  # e.g. too few examples at every position for CV
+            cells[t] = {
+                "skipped": "no cell has a score (too few examples everywhere)",
+                "n_train_correct": n_pos,
+                "n_train_wrong": n_neg,
+            }
             continue
-        cv = np.asarray(grid.cv_auc, dtype=float)[
-            grid.hooks.index(best["hook"]), grid.positions.index(best["position"])
-        ]
         cells[t] = {
             "hook": best["hook"],
             "position": best["position"],
-            "cv_auc": round(float(cv), 4),
+            "cv_auc": best["cv_auc"],
             "n_train_correct": n_pos,
             "n_train_wrong": n_neg,
         }
@@ -319,13 +316,13 @@ def generalization_matrix(
             if min(n_test[a][b]) < min_per_class:
                 continue  # an AUC on a handful of examples of one class means little
             scores = probe.decision_function(acts[rows, h, p]).double().numpy()
-            auc[i][j] = _r(roc_auc(scores, yb))
+            auc[i][j] = json_safe(roc_auc(scores, yb))
             lo, hi = bootstrap_auc_ci(scores, yb, n_boot=n_boot, seed=seed)
-            ci[i][j] = [_r(lo), _r(hi)]
+            ci[i][j] = [json_safe(lo), json_safe(hi)]
             r = rows.numpy()
             name = baseline[b]
             if name is not None and not np.isnan(logits[name][r]).any():
-                logit_auc[i][j] = _r(roc_auc(logits[name][r], yb))
+                logit_auc[i][j] = json_safe(roc_auc(logits[name][r], yb))
     return GeneralizationResult(
         tasks,
         skills,

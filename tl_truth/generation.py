@@ -14,6 +14,7 @@ mean the same with and without the cache.
 from __future__ import annotations
 
 import contextvars
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -161,6 +162,20 @@ class GenerationConfig:
     share_prompt_pass: bool = True  # K samples of a prompt: one prompt pass, cache repeated
 
 
+# Settings that change speed but not the answers: answers made with other values are reusable.
+SPEED_ONLY_SETTINGS = ("share_prompt_pass",)
+
+
+def same_generation_settings(saved: dict | None, config: GenerationConfig) -> bool:
+    """Whether answers recorded with `saved` (a saved `vars(config)`) are what `config` makes."""
+
+    def answers_depend_on(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in SPEED_ONLY_SETTINGS}
+
+    now = json.loads(json.dumps(vars(config)))  # as saved: tuples become lists
+    return answers_depend_on(saved or {}) == answers_depend_on(now)
+
+
 def stop_token_ids(tokenizer: Any, model: Any = None) -> set[int]:
     ids: set[int] = set()
     if tokenizer.eos_token_id is not None:
@@ -272,11 +287,12 @@ def _decode_batch(model, prompts, cfg, stops, newline_ids, pad_id, device, gen) 
     batch = len(prompts)
     # With the cache, rows that share a prompt (K samples) share one prompt pass: the cache is
     # then repeated row-wise. Without it every pass re-runs the sequence, so rows stay rows.
-    share = cfg.use_cache and cfg.share_prompt_pass
-    unique, index = _shared_prompts(prompts) if share else (list(prompts), None)
-    if index is not None and len(unique) == batch:
-        index = None
-    tokens, mask, pads0, lengths0 = _left_pad(unique if index is not None else prompts, pad_id)
+    first, index = prompts, None  # the prompt pass's rows; `index`: row -> its prompt-pass row
+    if cfg.use_cache and cfg.share_prompt_pass:
+        unique, shared = _shared_prompts(prompts)
+        if len(unique) < batch:
+            first, index = unique, shared
+    tokens, mask, pads0, lengths0 = _left_pad(first, pad_id)
     pads = pads0 if index is None else pads0[index]
     lengths = lengths0 if index is None else lengths0[index]
     step_fn = _stepper(model, len(tokens), cfg.use_cache)

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tl_truth.models import model_device
+from tl_truth.outputs import json_safe
 from tl_truth.patching import PatchResult, logit_metric, patch_metrics, probe_metric
 from tl_truth.positions import resolve_position
 from tl_truth.probes import Probe
@@ -215,7 +216,7 @@ class PatchStudy:
                     "position": ALIGNED_POSITIONS[j],
                     "gap_closed": round(float(gap[i, j]), 4),
                 }
-                block["gap_closed"] = [[_r(x) for x in row] for row in gap]
+                block["gap_closed"] = json_safe(gap.tolist())
             out[metric] = block
         return out
 
@@ -275,8 +276,7 @@ class PatchStudy:
             "summary": self.summary(),
             "meta": self.meta,
             "examples": [
-                p | {k: v for k, v in _result_dict(r).items()}
-                for r, p in zip(self.results, self.pairs, strict=True)
+                p | _result_dict(r) for r, p in zip(self.results, self.pairs, strict=True)
             ],
         }
         (out / PATCHING_FILE).write_text(json.dumps(doc, indent=2, ensure_ascii=False))
@@ -328,14 +328,10 @@ _RESULT_KEYS = (
 )
 
 
-def _r(x: float) -> float | None:
-    return None if not np.isfinite(x) else round(float(x), 4)
-
-
 def _result_dict(r: PatchResult) -> dict:
     return {
-        "probe_score": [[_r(x) for x in row] for row in r.probe_score.tolist()],
-        "answer_logit": [[_r(x) for x in row] for row in r.answer_logit.tolist()],
+        "probe_score": json_safe(r.probe_score.tolist()),
+        "answer_logit": json_safe(r.answer_logit.tolist()),
         "clean_probe_score": r.clean_probe_score,
         "corrupted_probe_score": r.corrupted_probe_score,
         "clean_answer_logit": r.clean_answer_logit,

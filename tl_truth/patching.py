@@ -112,11 +112,7 @@ class ProbeMetric:
         return self.probe.decision_function(self.activation)
 
     def __call__(self, logits: Tensor | None = None) -> Float[Tensor, ""]:
-        if self._lens_handle is None:
-            raise RuntimeError("use the probe metric inside `with probe_metric(...) as metric:`")
-        if self.activation is None:
-            raise RuntimeError(f"no forward has reached {self.probe.hook} since the metric opened")
-        return self.probe.decision_function(self.activation).mean()
+        return self.per_row(logits).mean()
 
 
 def probe_metric(model: Any, probe: Probe, position: int) -> ProbeMetric:
@@ -303,15 +299,6 @@ def _per_row(metric: Metric, logits: Tensor) -> Tensor:
     return torch.stack([torch.as_tensor(metric(logits[r : r + 1])) for r in range(len(logits))])
 
 
-def _moved_patch_hook(
-    act: Tensor, hook: Any, pos: int, src: int, clean_activation: Tensor
-) -> Tensor:
-    # Clean position `src` into corrupted position `pos` (answers of different lengths).
-    act = act.clone()
-    act[:, pos] = clean_activation[:, src]
-    return act
-
-
 @torch.no_grad()
 def patch_metrics(
     model: Any,
@@ -403,10 +390,11 @@ def patch_metrics(
                 _patch_hook, index=[layers[i], positions[j]], clean_activation=cache[names[i]]
             )
         else:
+            # one corrupted row: clean position src[j] into corrupted position positions[j]
             hook = partial(
-                _moved_patch_hook,
-                pos=positions[j],
-                src=clean_positions[j],
+                _rows_patch_hook,
+                pos=[positions[j]],
+                src=[src[j]],
                 clean_activation=cache[names[i]],
             )
         values = read(model.run_with_hooks(corrupted, fwd_hooks=[(names[i], hook)]))

@@ -118,25 +118,22 @@ class QADataset:
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return QADataset(
-                self.name,
-                self.questions[i],
-                self.candidates,
-                self.source,
-                dict(self.skipped),
-                dict(self.task_candidates),
-            )
+            return self.subset(self.questions[i])
         return self.questions[i]
 
-    def split(self, which: Split) -> "QADataset":
+    def subset(self, questions: Sequence[Question], name: str | None = None) -> "QADataset":
+        """Some of these questions, keeping the candidates, source and skip counts."""
         return QADataset(
-            f"{self.name}[{which}]",
-            [q for q in self.questions if q.split == which],
+            self.name if name is None else name,
+            list(questions),
             self.candidates,
             self.source,
             dict(self.skipped),
             dict(self.task_candidates),
         )
+
+    def split(self, which: Split) -> "QADataset":
+        return self.subset([q for q in self.questions if q.split == which], f"{self.name}[{which}]")
 
     @property
     def train(self) -> "QADataset":

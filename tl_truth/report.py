@@ -20,7 +20,8 @@ import torch
 from tl_truth.activations import ActivationStore, capture, default_hooks
 from tl_truth.answers import AnswerRun, answer_questions
 from tl_truth.baselines import evaluate_baselines, logit_scores, p_true_scores
-from tl_truth.generation import GenerationConfig
+from tl_truth.generation import GenerationConfig, same_generation_settings
+from tl_truth.outputs import json_safe
 from tl_truth.positions import NAMED_POSITIONS
 from tl_truth.probes import ProbeGrid, fit_probe_grid
 from tl_truth.prompts import PromptFormat
@@ -166,19 +167,6 @@ def _nan_to_none(a: Any) -> Any:
     return [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in arr]
 
 
-def _json_safe(x: Any) -> Any:
-    """NaN -> null (strict JSON), numpy scalars -> Python, tuples -> lists."""
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return None if np.isnan(x) else round(float(x), 4)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 def _nanmean(a: Any) -> float | None:
     arr = np.asarray(a, dtype=float)
     return None if np.all(np.isnan(arr)) else round(float(np.nanmean(arr)), 4)
@@ -321,7 +309,7 @@ def run_all(
     gen_file = out / "generations.jsonl"
     if gen_file.exists() and _same_questions(gen_file, dataset):
         run = AnswerRun.load(out)  # resume: generation is the slow part
-        if run.summary.get("generation") != json.loads(json.dumps(vars(config))):
+        if not same_generation_settings(run.summary.get("generation"), config):
             raise ValueError(
                 f"{out} holds generations made with other settings "
                 f"({run.summary.get('generation')}); use another --out or delete it"
@@ -358,7 +346,7 @@ def save_report(report: ProbeReport, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (out / "report.json").write_text(json.dumps(_json_safe(report.to_dict()), indent=2))
+    (out / "report.json").write_text(json.dumps(json_safe(report.to_dict()), indent=2))
     (out / "report.md").write_text(report.to_markdown())
     fig = report.grid.plot()
     fig = getattr(fig, "figure", fig)

@@ -325,14 +325,7 @@ def resample(
         raise ValueError("resampling needs temperature > 0 (temperature 0 is greedy)")
     base = config or GenerationConfig()
     by_key = {(r["task"], r["id"]): r for r in (greedy or []) if r.get("sample_index", 0) == 0}
-    missing = QADataset(
-        dataset.name,
-        [q for q in dataset.questions if (q.task, q.id) not in by_key],
-        dataset.candidates,
-        dataset.source,
-        dict(dataset.skipped),
-        dict(dataset.task_candidates),
-    )
+    missing = dataset.subset([q for q in dataset.questions if (q.task, q.id) not in by_key])
     if len(missing):
         greedy_cfg = GenerationConfig(**{**vars(base), "temperature": 0.0, "num_samples": 1})
         fresh = answer_questions(model, missing, greedy_cfg, fmt, extract_with_model, progress)

@@ -86,24 +86,23 @@ def _boot(values: dict[str, np.ndarray], n_boot: int, seed: int) -> dict[str, di
     if n == 0:
         return {k: {"value": None, "ci": [None, None]} for k in names}
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    out = {}
-    for k in names:
-        boots = values[k][idx].mean(1)
-        out[k] = {
-            "value": round(float(values[k].mean()), 4),
+    idx = rng.integers(0, n, size=(n_boot, n))  # the same resampled questions for every value
+
+    def mean_ci(v: np.ndarray) -> dict:
+        boots = v[idx].mean(1)
+        return {
+            "value": round(float(v.mean()), 4),
             "ci": [round(float(np.quantile(boots, q)), 4) for q in (0.025, 0.975)],
         }
+
+    out = {}
+    for k in names:
+        out[k] = mean_ci(values[k])
         # paired differences: the probe against greedy and against its fair controls
         for ref in ("greedy", "majority", "random_located"):
             if k == ref or ref not in values or (ref != "greedy" and k != "probe"):
                 continue
-            diff = values[k] - values[ref]
-            d = diff[idx].mean(1)
-            out[k][f"minus_{ref}"] = {
-                "value": round(float(diff.mean()), 4),
-                "ci": [round(float(np.quantile(d, q)), 4) for q in (0.025, 0.975)],
-            }
+            out[k][f"minus_{ref}"] = mean_ci(values[k] - values[ref])
     return out
 
 
@@ -242,14 +241,12 @@ def select_answers(
     k = min(s.k for s in sets)
     values, fallback = per_question(sets, scores)
     overall = _boot(values, n_boot, seed)
-    tasks = [s.greedy["task"] for s in sets]
-    per_task = {}
-    for t in sorted(set(tasks)):
-        m = np.array([x == t for x in tasks])
-        per_task[t] = {
-            "n": int(m.sum()),
-            **_boot({k_: v[m] for k_, v in values.items()}, n_boot, seed),
-        }
+
+    def group(m: np.ndarray) -> dict:
+        return {"n": int(m.sum()), **_boot({k_: v[m] for k_, v in values.items()}, n_boot, seed)}
+
+    tasks = np.array([s.greedy["task"] for s in sets])
+    per_task = {t: group(tasks == t) for t in sorted(set(tasks.tolist()))}
     per_type = {}
     if len({s.k for s in sets}) == 1 and k >= 2:
         th = Thresholds.for_k(k)
@@ -257,10 +254,7 @@ def select_answers(
         for name in ERROR_TYPES:
             m = np.array([t[name] for t in types])
             if m.any():
-                per_type[name] = {
-                    "n": int(m.sum()),
-                    **_boot({k_: v[m] for k_, v in values.items()}, n_boot, seed),
-                }
+                per_type[name] = group(m)
     wrong = values["greedy"] == 0
     pak = {
         "k": k,

@@ -450,7 +450,6 @@ from tl_truth.directions import from_probe, random_like
 from tl_truth.generation import GenerationConfig, generate, generate_ids
 from tl_truth.models import load_model
 from tl_truth.probes import Probe
-from tl_truth.questions import QADataset
 from tl_truth.steering import steer
 
 torch.set_num_threads(2)
@@ -532,8 +531,8 @@ from tl_truth.patch_study import knows_more_pairs, patching_study
 from tl_truth.resampling import resample
 
 wrong_test = [q for q, r in zip(test_qs, base.records) if not r["correct"]]
-res = resample(model, QADataset("wrong", wrong_test, task_candidates=ds.task_candidates),
-               k=10, config=cfg, greedy=base.records, progress=False)
+res = resample(model, ds.subset(wrong_test, "wrong"), k=10, config=cfg, greedy=base.records,
+               progress=False)
 pairs = knows_more_pairs(res.sets)
 print(f"{len(pairs)} of {len(wrong_test)} wrong greedy answers have a right sample")
 """
@@ -638,13 +637,7 @@ with too few examples in this slice are reported as skipped, not dropped.
     ),
     code(
         """
-X = torch.zeros(len(res.sets), x.shape[1])
-where = {(store.examples[int(r)]["task"], store.examples[int(r)]["id"]): i
-         for i, r in enumerate(rows)}
-available = [s.key in where for s in res.sets]
-for i, s in enumerate(res.sets):
-    if s.key in where:
-        X[i] = x[where[s.key]]
+X, available = store.cell_by_key(hooks[1], position, [s.key for s in res.sets])
 # the reference: the correctness probe's own P(correct) of each greedy answer
 reference = score_records(model, probe, [s.greedy for s in res.sets]).tolist()
 types = error_type_report(res.sets, X, available, {"hook": hooks[1], "position": position},
