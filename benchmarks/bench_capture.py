@@ -20,12 +20,12 @@ import time
 import psutil
 import torch
 
-from tl_truth.activations import capture_batch, default_hooks
-from tl_truth.answers import answer_questions
-from tl_truth.data import load_questions
-from tl_truth.generation import GenerationConfig
+from tl_truth.answers.generation import GenerationConfig
+from tl_truth.answers.positions import NAMED_POSITIONS, resolve_positions
+from tl_truth.answers.run import answer_questions
+from tl_truth.data.load import load_questions
 from tl_truth.models import load_model
-from tl_truth.positions import NAMED_POSITIONS, resolve_positions
+from tl_truth.probing.activations import capture_batch, default_hooks
 
 
 class PeakRSS:

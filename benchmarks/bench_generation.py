@@ -14,10 +14,15 @@ import time
 
 import torch
 
-from tl_truth.data import load_questions
-from tl_truth.generation import GenerationConfig, generate_ids, stop_token_ids, tokenize_prompts
+from tl_truth.answers.generation import (
+    GenerationConfig,
+    generate_ids,
+    stop_token_ids,
+    tokenize_prompts,
+)
+from tl_truth.answers.prompts import default_format
+from tl_truth.data.load import load_questions
 from tl_truth.models import load_model
-from tl_truth.prompts import default_format
 
 
 def timed(fn):

@@ -25,7 +25,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import PredefinedSplit
 from threadpoolctl import threadpool_limits
 
-from tl_truth.probes import DEFAULT_CS, STD_FLOOR, fit_probe_grid, stratified_folds
+from tl_truth.probing.grid import fit_probe_grid
+from tl_truth.probing.metrics import stratified_folds
+from tl_truth.probing.solver import DEFAULT_CS, STD_FLOOR
 
 
 def synthetic(n: int, n_hooks: int, n_positions: int, d: int, seed: int = 0):

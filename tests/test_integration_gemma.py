@@ -6,8 +6,8 @@ import importlib.util
 import pytest
 import torch
 
-from tl_truth.data import load_questions
-from tl_truth.generation import GenerationConfig, generate
+from tl_truth.answers.generation import GenerationConfig, generate
+from tl_truth.data.load import load_questions
 from tl_truth.models import load_model
 
 pytestmark = [

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from tl_truth.answers import answer_questions
-from tl_truth.data import load_questions
-from tl_truth.generation import GenerationConfig
+from tl_truth.answers.generation import GenerationConfig
+from tl_truth.answers.run import answer_questions
+from tl_truth.data.load import load_questions
 from tl_truth.models import load_model
 
 pytestmark = pytest.mark.integration

@@ -57,10 +57,10 @@ def _load_model(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tl_truth.answers import answer_questions
-    from tl_truth.data import load_questions
-    from tl_truth.generation import GenerationConfig
-    from tl_truth.prompts import parse_format
+    from tl_truth.answers.generation import GenerationConfig
+    from tl_truth.answers.prompts import parse_format
+    from tl_truth.answers.run import answer_questions
+    from tl_truth.data.load import load_questions
 
     dataset = load_questions(args.dataset, args.limit)
     t0 = time.perf_counter()
@@ -107,12 +107,12 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tl_truth.data import load_questions
-    from tl_truth.generation import GenerationConfig
+    from tl_truth.answers.generation import GenerationConfig
+    from tl_truth.answers.positions import NAMED_POSITIONS
+    from tl_truth.answers.prompts import parse_format
+    from tl_truth.data.load import load_questions
     from tl_truth.models import hook_name
-    from tl_truth.positions import NAMED_POSITIONS
-    from tl_truth.prompts import parse_format
-    from tl_truth.report import run_all
+    from tl_truth.studies.main_job import run_all
 
     dataset = load_questions(args.dataset, args.limit)
     model = _load_model(args)
@@ -142,13 +142,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from tl_truth.activations import ActivationStore
-    from tl_truth.data import load_questions
-    from tl_truth.directions import from_probe
-    from tl_truth.generation import GenerationConfig
+    from tl_truth.answers.generation import GenerationConfig
+    from tl_truth.data.load import load_questions
+    from tl_truth.intervention.directions import from_probe
     from tl_truth.models import model_info
-    from tl_truth.probes import Probe
-    from tl_truth.steer_eval import steering_sweep
+    from tl_truth.probing.activations import ActivationStore
+    from tl_truth.probing.probe import Probe
+    from tl_truth.studies.steering_eval import steering_sweep
 
     if bool(args.probe) == bool(args.from_run):
         raise ValueError("give exactly one of --probe PATH or --from-run DIR")
@@ -216,7 +216,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 def _run_probe(run_dir: Path, info):
     """The best probe a `tl-truth run` saved (trained on its train split)."""
-    from tl_truth.probes import Probe
+    from tl_truth.probing.probe import Probe
 
     path = run_dir / "best_probe"
     if not path.with_suffix(".json").exists():
@@ -225,15 +225,15 @@ def _run_probe(run_dir: Path, info):
 
 
 def cmd_resample(args: argparse.Namespace) -> int:
-    from tl_truth.activations import ActivationStore
-    from tl_truth.answers import AnswerRun
-    from tl_truth.data import load_questions
-    from tl_truth.error_types import error_type_report
-    from tl_truth.generation import GenerationConfig
+    from tl_truth.answers.generation import GenerationConfig
+    from tl_truth.answers.prompts import parse_format
+    from tl_truth.answers.run import AnswerRun
+    from tl_truth.data.load import load_questions
     from tl_truth.models import model_info
-    from tl_truth.prompts import parse_format
-    from tl_truth.resampling import resample
-    from tl_truth.scoring import score_records
+    from tl_truth.probing.activations import ActivationStore
+    from tl_truth.probing.scoring import score_records
+    from tl_truth.studies.error_types import error_type_report
+    from tl_truth.studies.resampling import resample
 
     dataset = load_questions(args.dataset, args.limit)
     model = _load_model(args)
@@ -300,8 +300,8 @@ def cmd_resample(args: argparse.Namespace) -> int:
 
 def _finished_samples(out: Path, dataset, info, sample_cfg):
     """The samples already in `out` if they were made for these questions and settings."""
-    from tl_truth.generation import same_generation_settings
-    from tl_truth.resampling import SAMPLES_FILE, Resampling
+    from tl_truth.answers.generation import same_generation_settings
+    from tl_truth.studies.resampling import SAMPLES_FILE, Resampling
 
     if not (out / SAMPLES_FILE).exists():
         return None
@@ -321,8 +321,8 @@ def _finished_samples(out: Path, dataset, info, sample_cfg):
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from tl_truth.resampling import Resampling
-    from tl_truth.selection import select_answers
+    from tl_truth.studies.resampling import Resampling
+    from tl_truth.studies.selection import select_answers
 
     src = Path(args.samples or args.out)
     res = Resampling.load(src)
@@ -348,9 +348,9 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_generalize(args: argparse.Namespace) -> int:
-    from tl_truth.activations import ActivationStore
-    from tl_truth.answers import AnswerRun
-    from tl_truth.generalization import generalization_matrix
+    from tl_truth.answers.run import AnswerRun
+    from tl_truth.probing.activations import ActivationStore
+    from tl_truth.studies.generalization import generalization_matrix
 
     run_dir = Path(args.from_run) if args.from_run else Path(args.out)
     if not args.from_run:
@@ -371,9 +371,9 @@ def cmd_generalize(args: argparse.Namespace) -> int:
 
 def cmd_patch(args: argparse.Namespace) -> int:
     from tl_truth.models import model_info
-    from tl_truth.patch_study import patching_study
-    from tl_truth.probes import Probe
-    from tl_truth.resampling import Resampling
+    from tl_truth.probing.probe import Probe
+    from tl_truth.studies.patch_study import patching_study
+    from tl_truth.studies.resampling import Resampling
 
     res = Resampling.load(args.samples)
     model = _load_model(args)
@@ -393,7 +393,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
     )
     done = Path(args.out) / "patching.json"
     if done.exists():
-        from tl_truth.patch_study import load_study
+        from tl_truth.studies.patch_study import load_study
 
         study = load_study(args.out)
         same = (

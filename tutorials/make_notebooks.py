@@ -50,13 +50,13 @@ import warnings
 
 import torch
 
-from tl_truth.answers import AnswerRun, answer_questions
-from tl_truth.data import load_questions
-from tl_truth.exact_answer import find_exact_answer
-from tl_truth.generation import GenerationConfig, generate
-from tl_truth.grading import grade
+from tl_truth.answers.run import AnswerRun, answer_questions
+from tl_truth.data.load import load_questions
+from tl_truth.answers.exact_answer import find_exact_answer
+from tl_truth.answers.generation import GenerationConfig, generate
+from tl_truth.answers.grading import grade
 from tl_truth.models import hook_name, load_model, model_info
-from tl_truth.positions import NAMED_POSITIONS, resolve_positions
+from tl_truth.answers.positions import NAMED_POSITIONS, resolve_positions
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
 torch.set_num_threads(min(2, torch.get_num_threads()))  # small model, shared machine
@@ -320,13 +320,14 @@ from pathlib import Path
 
 import torch
 
-from tl_truth.activations import capture
-from tl_truth.answers import answer_questions
-from tl_truth.baselines import evaluate_baselines, logit_scores
-from tl_truth.data import load_questions
-from tl_truth.generation import GenerationConfig
+from tl_truth.probing.activations import capture
+from tl_truth.answers.run import answer_questions
+from tl_truth.probing.baselines import evaluate_baselines, logit_scores
+from tl_truth.data.load import load_questions
+from tl_truth.answers.generation import GenerationConfig
 from tl_truth.models import hook_name, load_model
-from tl_truth.probes import Probe, fit_probe_grid
+from tl_truth.probing.grid import fit_probe_grid
+from tl_truth.probing.probe import Probe
 
 torch.set_num_threads(2)
 model = load_model()
@@ -443,14 +444,14 @@ from pathlib import Path
 
 import torch
 
-from tl_truth.activations import capture
-from tl_truth.answers import answer_questions
-from tl_truth.data import load_questions
-from tl_truth.directions import from_probe, random_like
-from tl_truth.generation import GenerationConfig, generate, generate_ids
+from tl_truth.probing.activations import capture
+from tl_truth.answers.run import answer_questions
+from tl_truth.data.load import load_questions
+from tl_truth.intervention.directions import from_probe, random_like
+from tl_truth.answers.generation import GenerationConfig, generate, generate_ids
 from tl_truth.models import load_model
-from tl_truth.probes import Probe
-from tl_truth.steering import steer
+from tl_truth.probing.probe import Probe
+from tl_truth.intervention.steering import steer
 
 torch.set_num_threads(2)
 model = load_model()
@@ -527,8 +528,8 @@ first token where the wrong one was predicted. `tl-truth patch` runs this over m
     ),
     code(
         """
-from tl_truth.patch_study import knows_more_pairs, patching_study
-from tl_truth.resampling import resample
+from tl_truth.studies.patch_study import knows_more_pairs, patching_study
+from tl_truth.studies.resampling import resample
 
 wrong_test = [q for q, r in zip(test_qs, base.records) if not r["correct"]]
 res = resample(model, ds.subset(wrong_test, "wrong"), k=10, config=cfg, greedy=base.records,
@@ -575,17 +576,17 @@ from pathlib import Path
 
 import torch
 
-from tl_truth.activations import capture
-from tl_truth.answers import answer_questions
-from tl_truth.data import load_questions
-from tl_truth.error_types import error_type_report
-from tl_truth.generalization import generalization_matrix
-from tl_truth.generation import GenerationConfig
+from tl_truth.probing.activations import capture
+from tl_truth.answers.run import answer_questions
+from tl_truth.data.load import load_questions
+from tl_truth.studies.error_types import error_type_report
+from tl_truth.studies.generalization import generalization_matrix
+from tl_truth.answers.generation import GenerationConfig
 from tl_truth.models import load_model
-from tl_truth.probes import Probe
-from tl_truth.resampling import resample
-from tl_truth.scoring import score_records
-from tl_truth.selection import select_answers
+from tl_truth.probing.probe import Probe
+from tl_truth.studies.resampling import resample
+from tl_truth.probing.scoring import score_records
+from tl_truth.studies.selection import select_answers
 
 torch.set_num_threads(2)
 model = load_model()

@@ -1,0 +1,144 @@
+"""Our decoding loop against plain HF greedy decoding, with and without cache, both backends."""
+
+import json
+
+import pytest
+import torch
+
+from tl_truth.answers.generation import GenerationConfig, decode_state, generate_ids
+from tl_truth.models import backend_of
+
+pytestmark = pytest.mark.backend
+
+PROMPTS = [[0, 5, 9, 13], [0, 7], [0, 20, 21, 22, 23, 24, 25], [0, 3, 3, 3, 3]]
+
+
+def hf_greedy(hf, prompt, n, stops):
+    ids = torch.tensor([prompt])
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(hf(ids).logits[0, -1].argmax())
+            if nxt in stops:
+                break
+            out.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    return out
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "nocache"])
+def test_greedy_matches_hf_left_padded_batch(tiny, use_cache):
+    from tiny import tiny_hf
+
+    hf, tok = tiny_hf(tiny._tl_truth_name.removeprefix("tiny-"))
+    cfg = GenerationConfig(max_new_tokens=12, batch_size=4, use_cache=use_cache)
+    got = generate_ids(tiny, PROMPTS, cfg, progress=False)
+    for prompt, samples in zip(PROMPTS, got, strict=False):
+        ref = hf_greedy(hf, prompt, 12, {tok.eos_token_id})
+        assert samples[0]["answer_token_ids"] == ref
+        assert len(samples[0]["token_logprobs"]) == len(ref)
+        assert all(lp <= 0 for lp in samples[0]["token_logprobs"])
+
+
+def test_logprobs_match_forward(tiny):
+    cfg = GenerationConfig(max_new_tokens=6, batch_size=4)
+    got = generate_ids(tiny, PROMPTS, cfg, progress=False)
+    for prompt, samples in zip(PROMPTS, got, strict=False):
+        ans = samples[0]["answer_token_ids"]
+        if not ans:
+            continue
+        with torch.no_grad():
+            logits = tiny(torch.tensor([prompt + ans]))[0].float()
+        logp = torch.log_softmax(logits, -1)
+        ref = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(ans)]
+        assert samples[0]["token_logprobs"] == pytest.approx(ref, abs=1e-4)
+
+
+def test_sampling_is_seeded_and_k_rows(tiny):
+    cfg = GenerationConfig(max_new_tokens=5, temperature=1.0, num_samples=3, seed=7)
+    a = generate_ids(tiny, PROMPTS[:2], cfg, progress=False)
+    b = generate_ids(tiny, PROMPTS[:2], cfg, progress=False)
+    assert [len(x) for x in a] == [3, 3]
+    assert a == b
+    c = generate_ids(tiny, PROMPTS[:2], GenerationConfig(5, 1.0, 3, seed=8), progress=False)
+    assert a != c
+
+
+def test_sampling_needs_temperature(tiny):
+    with pytest.raises(ValueError, match="temperature"):
+        generate_ids(tiny, PROMPTS, GenerationConfig(num_samples=2), progress=False)
+
+
+def test_decode_state_gives_absolute_positions(tiny):
+    """A hook sees the same absolute positions with and without the cache."""
+    seen = {True: [], False: []}
+
+    def record(use_cache):
+        def hook(act, hook):
+            st = decode_state()
+            seen[use_cache].append(st.absolute_positions(act.shape[1])[:, -1].tolist())
+            return act
+
+        return hook
+
+    for use_cache in (True, False):
+        with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_post", record(use_cache))]):
+            generate_ids(
+                tiny,
+                PROMPTS,
+                GenerationConfig(4, batch_size=4, use_cache=use_cache),
+                progress=False,
+            )
+    assert seen[True] == seen[False]
+    # the prompt pass ends at each row's last prompt token, whatever its padding
+    first = seen[True][0]
+    lengths = sorted(len(p) for p in PROMPTS)
+    assert first == [n - 1 for n in lengths]
+
+
+def test_backend_detection(tiny):
+    assert backend_of(tiny) in ("bridge", "hooked")
+    with pytest.raises(TypeError, match="HookedTransformer or TransformerBridge"):
+        backend_of(torch.nn.Linear(2, 2))
+
+
+def test_shared_prompt_pass_for_k_samples(tiny):
+    """K samples share one prompt pass (the cache is repeated row-wise): same samples as
+    without the cache, and every sample's log-probabilities match a plain forward."""
+    kw = dict(max_new_tokens=6, temperature=1.0, num_samples=4, seed=3, batch_size=6)
+    # batch_size 6 < 3 x 4 rows: a question's samples straddle two batches
+    shared = generate_ids(tiny, PROMPTS[:3], GenerationConfig(**kw), progress=False)
+    plain = generate_ids(tiny, PROMPTS[:3], GenerationConfig(**kw, use_cache=False), progress=False)
+    assert [[s["answer_token_ids"] for s in q] for q in shared] == [
+        [s["answer_token_ids"] for s in q] for q in plain
+    ]
+    assert len({tuple(s["answer_token_ids"]) for q in shared for s in q}) > 3  # they do differ
+    for prompt, samples in zip(PROMPTS, shared, strict=False):
+        for s in samples:
+            ans = s["answer_token_ids"]
+            if not ans:
+                continue
+            with torch.no_grad():
+                logp = torch.log_softmax(tiny(torch.tensor([prompt + ans]))[0].float(), -1)
+            ref = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(ans)]
+            assert s["token_logprobs"] == pytest.approx(ref, abs=1e-4)
+
+
+def test_shared_prompts_groups_consecutive_rows():
+    from tl_truth.answers.generation import _shared_prompts
+
+    unique, index = _shared_prompts([[1, 2], [1, 2], [3], [1, 2]])
+    assert unique == [[1, 2], [3], [1, 2]] and index.tolist() == [0, 0, 1, 2]
+
+
+def test_same_generation_settings_ignores_speed_only_switches():
+    from tl_truth.answers.generation import same_generation_settings
+
+    cfg = GenerationConfig(max_new_tokens=5, temperature=1.0, num_samples=3)
+    saved = json.loads(json.dumps(vars(cfg)))
+    assert same_generation_settings(saved, cfg)
+    older = {k: v for k, v in saved.items() if k != "share_prompt_pass"}  # before the switch
+    assert same_generation_settings(older, cfg)
+    assert same_generation_settings(saved, GenerationConfig(5, 1.0, 3, share_prompt_pass=False))
+    assert not same_generation_settings(saved, GenerationConfig(5, 1.0, 4))
+    assert not same_generation_settings(None, cfg)

@@ -1,0 +1,144 @@
+"""The report pipeline end to end on a tiny model (labels assigned by hand: a random model
+answers nothing right), and `tl-truth run` on the real SmolLM2 on a small slice."""
+
+import json
+
+import pytest
+
+from tl_truth.answers.generation import GenerationConfig
+from tl_truth.answers.run import AnswerRun, answer_questions, summarize
+from tl_truth.cli import main, parse_layers
+from tl_truth.data.questions import QADataset, make_question
+from tl_truth.probing.activations import capture
+from tl_truth.probing.probe import Probe
+from tl_truth.studies.main_job import probe_report, save_report
+
+REPORT_KEYS = [
+    "model",
+    "dataset",
+    "n_train",
+    "n_test",
+    "accuracy",
+    "exact_answer_rate",
+    "layers",
+    "positions",
+    "auc",
+    "auc_ci_low",
+    "auc_ci_high",
+    "best",
+    "baselines",
+    "shuffled_control",
+    "timings",
+]
+
+
+def test_report_on_tiny_model(tmp_path):
+    from tiny import tiny_model
+
+    model = tiny_model("llama", "bridge")
+    qs = [
+        make_question(
+            str(i), f"What is {i} + {i}?", str(2 * i), "arithmetic", "arithmetic", grade="numeric"
+        )
+        for i in range(40)
+    ]
+    ds = QADataset("mini", qs)
+    run = answer_questions(
+        model, ds, GenerationConfig(max_new_tokens=6), extract_with_model=False, progress=False
+    )
+    for i, r in enumerate(run.records):  # hand-made labels so both classes exist
+        r["correct"] = bool(i % 2)
+        n_prompt = len(r["prompt_token_ids"])
+        if r["answer_token_ids"]:  # and an exact answer: the first answer token
+            r["exact_answer_token_span"] = [n_prompt, n_prompt + 1]
+    run = AnswerRun(run.records, {**run.summary, **summarize(run.records, ds)})
+    store = capture(model, run.records, tmp_path / "activations", progress=False)
+    report = probe_report(model, run, store, n_boot=50, progress=False)
+    save_report(report, tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert all(k in data for k in REPORT_KEYS)
+    assert len(data["auc"]) == model.cfg.n_layers and len(data["auc"][0]) == len(data["positions"])
+    assert set(data["baselines"]) >= {"logits_mean", "logits_min", "p_true"}
+    assert data["baselines"]["p_true"]["n"] == data["n_test"]
+    md = (tmp_path / "report.md").read_text()
+    assert "| method | where | AUC |" in md
+    assert (tmp_path / "probe_grid.png").stat().st_size > 1000
+    best = data["best"]
+    assert best["position"] in ("before_exact", "exact_first", "exact_last", "after_exact")
+    probe = Probe.load(tmp_path / "best_probe", expect_model=store.model)
+    assert probe.hook == best["hook"]
+
+
+def test_parse_layers():
+    assert parse_layers("all", 4) == [0, 1, 2, 3]
+    assert parse_layers("every:3", 8) == [0, 3, 6, 7]
+    assert parse_layers("1,2", 4) == [1, 2]
+    with pytest.raises(ValueError):
+        parse_layers("9", 4)
+
+
+@pytest.mark.integration
+def test_cli_run_on_smollm2(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = "run --dataset capitals --limit 48 --layers every:6 --max-new-tokens 24 "
+    args += "--positions last_prompt,exact_first,exact_last,last_generated "
+    args += f"--no-model-extract --n-boot 200 --quiet --out {out}"
+    assert main(args.split()) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["model"]["name"] == "smollm2-135m-instruct"
+    assert data["layers"] == [0, 6, 12, 18, 24, 29]
+    assert 0 < data["accuracy"] < 1
+    for name in ("logits_mean", "logits_min_exact", "p_true"):
+        auc = data["baselines"][name]["auc"]
+        assert auc is None or 0 <= auc <= 1
+    assert (out / "activations" / "meta.json").exists()
+    assert "Report:" in capsys.readouterr().out
+    # Re-running resumes: generations and shards are reused, the report is rewritten.
+    shards = (out / "activations").glob("*.safetensors")
+    mtimes = {p.name: p.stat().st_mtime_ns for p in shards}
+    assert main([*args.split(), "--no-p-true"]) == 0
+    shards = (out / "activations").glob("*.safetensors")
+    assert mtimes == {p.name: p.stat().st_mtime_ns for p in shards}
+    assert json.loads((out / "report.json").read_text())["baselines"].get("p_true") is None
+
+
+def test_score_records_matches_grid_and_refuses_other_models(tmp_path):
+    import torch
+    from tiny import tiny_model
+
+    from tl_truth.probing.probe import ProbeMismatchError
+    from tl_truth.probing.scoring import score_records
+
+    model = tiny_model("gpt2", "bridge")
+    qs = [make_question(str(i), f"Name {i}?", "x", "t", "factual") for i in range(30)]
+    run = answer_questions(
+        model,
+        QADataset("m", qs),
+        GenerationConfig(max_new_tokens=4),
+        extract_with_model=False,
+        progress=False,
+    )
+    for i, r in enumerate(run.records):
+        r["correct"] = bool(i % 2)
+    store = capture(
+        model,
+        run.records,
+        tmp_path / "a",
+        positions=["last_prompt"],
+        dtype=torch.float32,
+        progress=False,
+    )
+    acts, valid = store.load()
+    probe = Probe.from_data(
+        acts[:, 1, 0],
+        store.labels,
+        hook=store.hooks[1],
+        layer=1,
+        position="last_prompt",
+        model=store.model,
+    )
+    got = score_records(model, probe, run.records)
+    torch.testing.assert_close(got, probe.predict_proba(acts[:, 1, 0]).float(), atol=1e-4, rtol=0)
+    other = tiny_model("llama", "bridge")
+    with pytest.raises(ProbeMismatchError, match="fingerprint"):
+        score_records(other, probe, run.records)

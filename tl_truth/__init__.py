@@ -1,0 +1,137 @@
+"""tl_truth: where a TransformerLens model "knows" its own answer is wrong (Orgad et al. 2024).
+
+One import covers the whole job, in the order the package is laid out::
+
+    import tl_truth as tt
+
+    model = tt.load_model()                        # or your HookedTransformer / TransformerBridge
+    ds = tt.load_questions("capitals", limit=32)   # data:         questions with a fixed split
+    answers = tt.answer_questions(model, ds)       # answers:      greedy, graded, exact answer located
+    store = tt.capture(model, answers.records, "runs/x/activations")  # probing: activations
+    grid = tt.fit_probe_grid(store)                #               a probe per (hook, position)
+    grid.plot()
+    probe = grid.probe(*grid.best()[:2])
+    with tt.steer(model, tt.from_probe(probe), alpha=4.0):             # intervention
+        ...
+
+`tt.run(model, dataset, out_dir)` is the main job (`tl-truth run`): answers, activations,
+probe grid, baselines and controls, written as report.json / report.md / probe_grid.png.
+The studies (`resample`, `select_answers`, `error_type_report`, `generalization_matrix`,
+`patching_study`, `steering_sweep`) return results with `to_dataframe()`, `plot(ax=None)`,
+`save(dir)` and `load(dir)`.
+"""
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
+from tl_truth.answers import (
+    NAMED_POSITIONS,
+    AnswerRun,
+    GenerationConfig,
+    PromptFormat,
+    answer_questions,
+    find_exact_answer,
+    generate,
+    grade,
+    parse_format,
+    resolve_positions,
+)
+from tl_truth.data import QADataset, Question, load_questions, make_question
+from tl_truth.intervention import (
+    Direction,
+    from_probe,
+    logit_metric,
+    patch_metrics,
+    probe_metric,
+    random_like,
+    steer,
+    steering_hook,
+)
+from tl_truth.models import ModelInfo, hook_name, load_model, model_info
+from tl_truth.probing import (
+    ActivationStore,
+    Probe,
+    ProbeGrid,
+    ProbeMismatchError,
+    bootstrap_auc_ci,
+    capture,
+    evaluate_baselines,
+    fit_probe_grid,
+    roc_auc,
+    score_records,
+)
+from tl_truth.studies import (
+    ErrorTypeReport,
+    GeneralizationResult,
+    PatchStudy,
+    ProbeReport,
+    Resampling,
+    SelectionResult,
+    SteeringResult,
+    error_type_report,
+    generalization_matrix,
+    patching_study,
+    resample,
+    select_answers,
+    steering_sweep,
+)
+from tl_truth.studies import run_all as run
+
+try:
+    __version__ = _version("tl_truth")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "NAMED_POSITIONS",
+    "ActivationStore",
+    "AnswerRun",
+    "Direction",
+    "ErrorTypeReport",
+    "GeneralizationResult",
+    "GenerationConfig",
+    "ModelInfo",
+    "PatchStudy",
+    "Probe",
+    "ProbeGrid",
+    "ProbeMismatchError",
+    "ProbeReport",
+    "PromptFormat",
+    "QADataset",
+    "Question",
+    "Resampling",
+    "SelectionResult",
+    "SteeringResult",
+    "__version__",
+    "answer_questions",
+    "bootstrap_auc_ci",
+    "capture",
+    "error_type_report",
+    "evaluate_baselines",
+    "find_exact_answer",
+    "fit_probe_grid",
+    "from_probe",
+    "generalization_matrix",
+    "generate",
+    "grade",
+    "hook_name",
+    "load_model",
+    "load_questions",
+    "logit_metric",
+    "make_question",
+    "model_info",
+    "parse_format",
+    "patch_metrics",
+    "patching_study",
+    "probe_metric",
+    "random_like",
+    "resample",
+    "resolve_positions",
+    "roc_auc",
+    "run",
+    "score_records",
+    "select_answers",
+    "steer",
+    "steering_hook",
+    "steering_sweep",
+]

@@ -1,0 +1,214 @@
+"""Baselines: what the model's output alone says about whether its answer is right.
+
+The paper compares its probes against two families of output-only error detectors:
+
+* **logit-based** scores (`logit_scores`): the mean, min and max probability the model gave the
+  tokens it generated, over the whole answer or over the exact-answer tokens only;
+* **p(True)** (`p_true_scores`, Kadavath et al. 2022): the model is shown the question and its own
+  answer and asked whether the answer is (A) True or (B) False; the score is the probability it
+  puts on the "True" letter, averaged over both option orders to cancel its letter bias.
+
+`evaluate_baselines` turns any such scores into test-set ROC AUCs with bootstrap intervals.
+Every score is "higher = more confident the answer is correct".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tl_truth.answers.generation import tokenize_prompts
+from tl_truth.answers.prompts import PromptFormat, default_format
+from tl_truth.models import model_device
+from tl_truth.probing.metrics import bootstrap_auc_ci, roc_auc
+
+LOGIT_SCORES = (
+    "logits_mean",
+    "logits_min",
+    "logits_max",
+    "logits_mean_exact",
+    "logits_min_exact",
+    "logits_max_exact",
+)
+
+# ---------------------------------------------------------------------------------------------
+# Logit-based scores
+
+
+def _aggregate(probs: np.ndarray) -> tuple[float, float, float]:
+    if probs.size == 0:
+        return (np.nan, np.nan, np.nan)
+    return (float(probs.mean()), float(probs.min()), float(probs.max()))
+
+
+def logit_scores(records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Mean / min / max probability of the generated tokens, per record.
+
+    `logits_*` aggregate over the whole answer, `logits_*_exact` over the exact-answer tokens
+    (`exact_answer_token_span`, in full-sequence coordinates). NaN where the answer is empty or
+    there is no exact answer.
+    """
+    out = {k: np.full(len(records), np.nan) for k in LOGIT_SCORES}
+    for i, r in enumerate(records):
+        probs = np.exp(np.asarray(r["token_logprobs"], dtype=np.float64))
+        if len(probs) != len(r["answer_token_ids"]):
+            raise ValueError(
+                f"record {i}: {len(probs)} token_logprobs for "
+                f"{len(r['answer_token_ids'])} answer tokens"
+            )
+        out["logits_mean"][i], out["logits_min"][i], out["logits_max"][i] = _aggregate(probs)
+        span = r.get("exact_answer_token_span")
+        if span is None:
+            continue
+        offset = len(r["prompt_token_ids"])
+        start, end = span[0] - offset, span[1] - offset
+        if not (0 <= start <= end <= len(probs)):
+            raise ValueError(
+                f"record {i}: exact_answer_token_span {list(span)} lies outside the answer "
+                f"(full-sequence positions {offset}..{offset + len(probs)})"
+            )
+        exact = _aggregate(probs[start:end])
+        out["logits_mean_exact"][i], out["logits_min_exact"][i], out["logits_max_exact"][i] = exact
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# p(True)
+
+P_TRUE_PREFIX = "The proposed answer is: ("
+
+
+def p_true_prompts(question: str, answer: str, true_first: bool) -> tuple[str, str]:
+    """The judge prompt as (body, assistant prefix); with `true_first`, (A) is True.
+
+    A base model reads `body + "\\n" + prefix`; an instruct model gets `body` as the user message
+    and `prefix` as the start of its own turn.
+    """
+    first, second = ("True", "False") if true_first else ("False", "True")
+    body = (
+        f"Question: {question}\nProposed answer: {answer}\n"
+        f"Is the proposed answer:\n (A) {first}\n (B) {second}"
+    )
+    return body, P_TRUE_PREFIX
+
+
+def render_p_true_prompt(
+    tokenizer: Any, fmt: PromptFormat, question: str, answer: str, true_first: bool
+) -> str:
+    """The exact text the model reads: chat template + assistant prefix, or the plain text."""
+    body, prefix = p_true_prompts(question, answer, true_first)
+    if fmt.kind == "chat":
+        return fmt.render(tokenizer, body) + prefix
+    return body + "\n" + prefix
+
+
+def letter_token_ids(tokenizer: Any) -> tuple[int, int]:
+    """Token ids of "A" and "B" as they follow "("; each must be a single token."""
+    ids = []
+    for letter in ("A", "B"):
+        enc = tokenizer.encode(letter, add_special_tokens=False)
+        if len(enc) != 1:
+            raise ValueError(
+                f"p(True) needs {letter!r} to be a single token, but this tokenizer splits it "
+                f"into {enc}"
+            )
+        ids.append(int(enc[-1]))
+    if ids[0] == ids[1]:
+        raise ValueError(f"'A' and 'B' map to the same token id {ids[0]}")
+    return ids[0], ids[1]
+
+
+@torch.no_grad()
+def last_token_logits(model: Any, prompts: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """Next-token logits [batch, vocab] after each prompt, from one left-padded masked forward."""
+    batch = len(prompts)
+    width = max(len(p) for p in prompts)
+    tokens = torch.full((batch, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        tokens[r, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        mask[r, width - len(p) :] = 1
+    device = model_device(model)
+    return model(tokens.to(device), attention_mask=mask.to(device))[:, -1].float().cpu()
+
+
+def _letter_probs(
+    model: Any, prompts: Sequence[Sequence[int]], letters: tuple[int, int], pad_id: int
+) -> np.ndarray:
+    """p(A) from a softmax over the two letter tokens only."""
+    logits = last_token_logits(model, prompts, pad_id)
+    two = torch.softmax(logits[:, list(letters)], dim=-1)
+    return two[:, 0].numpy().astype(np.float64)
+
+
+def p_true_scores(
+    model: Any,
+    records: Sequence[Mapping[str, Any]],
+    batch_size: int = 16,
+    progress: bool = True,
+    fmt: PromptFormat | None = None,
+) -> np.ndarray:
+    """p(True) per record: the model's own probability that its answer is true.
+
+    Each record is judged in both option orders ((A) True / (B) False and the swap); the score is
+    the mean of the two p(True), each a softmax over the "A" and "B" tokens only.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tok = model.tokenizer
+    fmt = fmt or default_format(model)
+    letters = letter_token_ids(tok)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    n = len(records)
+    p_true = np.zeros((2, n))  # row 0: True is (A); row 1: True is (B)
+    n_batches = (n + batch_size - 1) // batch_size
+    for b in tqdm(range(n_batches), desc="p(True)", disable=not progress, unit="batch"):
+        rows = records[b * batch_size : (b + 1) * batch_size]
+        lo = b * batch_size
+        for k, true_first in enumerate((True, False)):
+            texts = [
+                render_p_true_prompt(tok, fmt, r["question"], r["answer"], true_first) for r in rows
+            ]
+            ids = tokenize_prompts(tok, texts, fmt)
+            p_a = _letter_probs(model, ids, letters, pad_id)
+            p_true[k, lo : lo + len(rows)] = p_a if true_first else 1.0 - p_a
+    return p_true.mean(axis=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate_baselines(
+    scores: Mapping[str, np.ndarray],
+    labels: Sequence[bool] | np.ndarray,
+    test_mask: Sequence[bool] | np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """ROC AUC (answer correct vs. not) of each score on the test rows, with a bootstrap 95% CI.
+
+    NaN scores are left out of that baseline only; `n` is how many rows it was scored on. AUC and
+    CI are NaN when those rows hold a single class.
+    """
+    labels = np.asarray(labels).astype(bool)
+    mask = np.ones(len(labels), bool) if test_mask is None else np.asarray(test_mask, bool)
+    if mask.shape != labels.shape:
+        raise ValueError(f"test_mask has shape {mask.shape}, labels {labels.shape}")
+    out = {}
+    for name, s in scores.items():
+        s = np.asarray(s, dtype=np.float64)
+        if s.shape != labels.shape:
+            raise ValueError(f"scores {name!r} have shape {s.shape}, labels {labels.shape}")
+        keep = mask & ~np.isnan(s)
+        auc = roc_auc(s[keep], labels[keep]) if keep.any() else float("nan")
+        if np.isnan(auc):
+            ci = (float("nan"), float("nan"))
+        else:
+            ci = bootstrap_auc_ci(s[keep], labels[keep], n_boot, seed)
+        out[name] = {"auc": auc, "ci": [ci[0], ci[1]], "n": int(keep.sum())}
+    return out

@@ -1,0 +1,309 @@
+"""Error types from K samples (Orgad et al. 2024, section 5), and probes that predict them.
+
+The taxonomy reads only how a question's K samples distribute over distinct answers (clusters,
+see `resampling.py`). Types are not mutually exclusive. The paper's thresholds were set for
+K = 30; ours are fractions of K (`Thresholds.for_k`), so K = 10 and K = 30 mean the same:
+
+- `refuses`:             refusals in at least half of the samples
+- `correct_all`:         every sample correct
+- `correct_most`:        at least half correct, not all
+- `incorrect_all`:       every sample is the same wrong answer
+- `incorrect_most`:      one wrong answer in at least half of the samples, not all
+- `two_competing`:       the correct answer and one wrong answer each in at least a quarter
+- `many_no_correct`:     at least K/3 distinct answers (and at least 3), none correct
+- `many_with_correct`:   at least K/3 distinct answers (and at least 3), some sample correct
+
+A probe per type asks the paper's question: does the greedy answer's activation (at the best
+(hook, position) of the correctness probe) already tell which kind of question this is?
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tl_truth.probing.metrics import bootstrap_auc_ci, roc_auc
+from tl_truth.probing.probe import Probe
+from tl_truth.results import save_outputs
+from tl_truth.studies.resampling import SampleSet
+
+ERROR_TYPES = (
+    "refuses",
+    "correct_all",
+    "correct_most",
+    "incorrect_all",
+    "incorrect_most",
+    "two_competing",
+    "many_no_correct",
+    "many_with_correct",
+)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Sample counts that define the types for K samples."""
+
+    k: int
+    half: int  # "most": at least this many samples
+    quarter: int  # "competing": each answer at least this many samples
+    many: int  # "many answers": at least this many distinct answers
+
+    @classmethod
+    def for_k(cls, k: int) -> Thresholds:
+        if k < 2:
+            raise ValueError(f"error types need at least 2 samples per question, got K={k}")
+        return cls(
+            k=k,
+            half=math.ceil(k / 2),
+            quarter=max(1, math.ceil(k / 4)),
+            many=max(3, math.ceil(k / 3)),
+        )
+
+
+def error_types(s: SampleSet, t: Thresholds | None = None) -> dict[str, bool]:
+    """The taxonomy's types (not exclusive) of one question's samples."""
+    t = t or Thresholds.for_k(s.k)
+    k, correct = s.k, s.n_correct
+    wrong = [c for c in s.answers if not c.correct]
+    top_wrong = max((c.size - c.n_correct for c in wrong), default=0)
+    n_answers = len(s.answers)
+    many = n_answers >= t.many
+    return {
+        "refuses": s.n_refusal >= t.half,
+        "correct_all": correct == k,
+        "correct_most": t.half <= correct < k,
+        "incorrect_all": len(s.clusters) == 1 and correct == 0 and s.n_refusal == 0,
+        "incorrect_most": t.half <= top_wrong < k,
+        "two_competing": correct >= t.quarter and top_wrong >= t.quarter,
+        "many_no_correct": many and correct == 0,
+        "many_with_correct": many and correct > 0,
+    }
+
+
+@dataclass
+class ErrorTypeReport:
+    """Types per question, their distribution per task, and a probe per type."""
+
+    thresholds: Thresholds
+    types: list[dict[str, bool]]  # follows `keys`
+    keys: list[tuple[str, str]]  # (task, id)
+    tasks: list[str]
+    probes: dict[str, dict] = field(default_factory=dict)  # type -> {auc, ci, n_train, ...}
+    cell: dict | None = None  # the (hook, position) the probes read
+
+    def distribution(self) -> dict[str, dict[str, float]]:
+        """Fraction of questions of each type, overall and per task."""
+        out = {}
+        for task in ["all", *sorted(set(self.tasks))]:
+            rows = [t for t, tk in zip(self.types, self.tasks, strict=True) if task in ("all", tk)]
+            out[task] = {"n": len(rows)} | {
+                name: round(sum(r[name] for r in rows) / len(rows), 4) if rows else None
+                for name in ERROR_TYPES
+            }
+        return out
+
+    def untyped(self) -> int:
+        """Questions that fit no type (counted, not dropped)."""
+        return sum(not any(t.values()) for t in self.types)
+
+    def to_dict(self) -> dict:
+        return {
+            "thresholds": asdict(self.thresholds),
+            "definitions": _DEFINITIONS,
+            "distribution": self.distribution(),
+            "n_untyped": self.untyped(),
+            "probe_cell": self.cell,
+            "probes": self.probes,
+            "questions": [
+                {"task": k[0], "id": k[1], "types": [n for n in ERROR_TYPES if t[n]]}
+                for k, t in zip(self.keys, self.types, strict=True)
+            ],
+        }
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        rows = []
+        for task, d in self.distribution().items():
+            for name in ERROR_TYPES:
+                p = self.probes.get(name, {})
+                rows.append(
+                    {
+                        "task": task,
+                        "type": name,
+                        "fraction": d[name],
+                        "n": d["n"],
+                        "probe_auc": p.get("auc") if task == "all" else None,
+                    }
+                )
+        return pd.DataFrame(rows)
+
+    def plot(self, ax=None):
+        """Share of questions per type (per task), with the per-type probe AUC written on top."""
+        import matplotlib.pyplot as plt
+
+        dist = self.distribution()
+        tasks = [t for t in dist if t != "all"] or ["all"]
+        ax = ax or plt.subplots(figsize=(9, 3.5))[1]
+        width = 0.8 / len(tasks)
+        x = np.arange(len(ERROR_TYPES))
+        for i, task in enumerate(tasks):
+            ax.bar(x + i * width, [dist[task][n] or 0 for n in ERROR_TYPES], width, label=task)
+        for j, name in enumerate(ERROR_TYPES):
+            auc = self.probes.get(name, {}).get("auc")
+            if auc is not None:
+                ax.text(j + 0.4 - width / 2, 1.0, f"AUC\n{auc:.2f}", ha="center", fontsize=7)
+        ax.set_xticks(x + 0.4 - width / 2)
+        ax.set_xticklabels(ERROR_TYPES, rotation=30, ha="right")
+        ax.set_ylim(0, 1.12)
+        ax.set_ylabel("fraction of questions")
+        ax.legend(fontsize=7)
+        return ax
+
+    def to_markdown(self) -> str:
+        t = self.thresholds
+        lines = [
+            f"## Error types (K = {t.k}; most >= {t.half}, competing >= {t.quarter} each, "
+            f"many >= {t.many} answers)",
+            "",
+            "| type | "
+            + " | ".join(self.distribution())
+            + " | probe AUC [95% CI] (n test +) | correctness probe as reference |",
+            "|---|" + "---|" * (len(self.distribution()) + 2),
+        ]
+        dist = self.distribution()
+        for name in ERROR_TYPES:
+            p = self.probes.get(name, {})
+            if p.get("auc") is not None:
+                probe = f"{p['auc']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}] ({p['n_test_pos']})"
+            else:
+                probe = p.get("skipped", "-")
+            cells = " | ".join("-" if d[name] is None else f"{d[name]:.3f}" for d in dist.values())
+            ref = p.get("reference_auc")
+            lines.append(f"| {name} | {cells} | {probe} | {'-' if ref is None else f'{ref:.3f}'} |")
+        n_row = " | ".join(str(d["n"]) for d in dist.values())
+        lines.append(f"| (n questions) | {n_row} | | |")
+        lines.append("")
+        lines.append(f"Questions of no type: {self.untyped()}.")
+        lines.append(
+            "The reference column scores each type with the correctness probe's P(correct) of "
+            "the greedy answer (max(AUC, 1 - AUC)): a type probe shows type information beyond "
+            "correctness only where it beats it."
+        )
+        if self.cell:
+            lines.append(
+                f"Probes read the greedy answer at {self.cell['hook']} / {self.cell['position']}."
+            )
+        return "\n".join(lines) + "\n"
+
+    def save(self, out_dir) -> None:
+        """`error_types.json`, `error_types.md` and `error_types.png` in `out_dir`."""
+        save_outputs(out_dir, "error_types", self.to_dict(), self.to_markdown(), self.plot())
+
+
+_DEFINITIONS = {
+    "refuses": "refusals in >= half of the samples",
+    "correct_all": "every sample correct",
+    "correct_most": ">= half of the samples correct, not all",
+    "incorrect_all": "every sample is the same wrong answer",
+    "incorrect_most": "one wrong answer in >= half of the samples, not all",
+    "two_competing": "the correct answer and one wrong answer each in >= a quarter",
+    "many_no_correct": ">= max(3, K/3) distinct answers, none correct",
+    "many_with_correct": ">= max(3, K/3) distinct answers, some sample correct",
+}
+
+
+def type_probes(
+    types: Sequence[dict[str, bool]],
+    X: Float[Tensor, "n d"],
+    available: Sequence[bool],
+    train: Sequence[bool],
+    min_per_class: int = 5,
+    n_boot: int = 1000,
+    seed: int = 0,
+    reference_scores: Sequence[float | None] | None = None,
+    **probe_kwargs,
+) -> dict[str, dict]:
+    """One logistic probe per type: type vs not, on rows with an activation (`available`).
+
+    A type with fewer than `min_per_class` positives or negatives in train or test gets
+    `{"skipped": reason}` instead of an AUC. `reference_scores` (e.g. the correctness probe's
+    P(correct) of the greedy answer) are scored as a type predictor on the same test rows:
+    the types correlate with correctness, and a per-type probe only shows type information
+    beyond correctness where it beats that reference (`reference_auc` is max(AUC, 1 - AUC),
+    as the sign differs between types).
+    """
+    avail = np.asarray(available, dtype=bool)
+    tr = np.asarray(train, dtype=bool) & avail
+    te = ~np.asarray(train, dtype=bool) & avail
+    if reference_scores is not None:
+        ref = np.array([np.nan if v is None else v for v in reference_scores], dtype=float)
+    out = {}
+    for name in ERROR_TYPES:
+        y = np.array([t[name] for t in types], dtype=int)
+        counts = {
+            "n_train_pos": int(y[tr].sum()),
+            "n_train_neg": int((1 - y[tr]).sum()),
+            "n_test_pos": int(y[te].sum()),
+            "n_test_neg": int((1 - y[te]).sum()),
+        }
+        if min(counts.values()) < min_per_class:
+            out[name] = counts | {"skipped": f"fewer than {min_per_class} per class"}
+            continue
+        probe = Probe.from_data(X[tr], torch.as_tensor(y[tr]), **probe_kwargs)
+        scores = probe.decision_function(X[te]).double().numpy()
+        lo, hi = bootstrap_auc_ci(scores, y[te], n_boot=n_boot, seed=seed)
+        out[name] = counts | {
+            "auc": round(roc_auc(scores, y[te]), 4),
+            "ci": [round(float(lo), 4), round(float(hi), 4)],
+        }
+        if reference_scores is not None:
+            keep = te & np.isfinite(ref)
+            auc = roc_auc(ref[keep], y[keep])
+            out[name]["reference_auc"] = round(max(auc, 1 - auc), 4)
+    return out
+
+
+def error_type_report(
+    sets: Sequence[SampleSet],
+    X: Float[Tensor, "n d"] | None = None,
+    available: Sequence[bool] | None = None,
+    cell: dict | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    min_per_class: int = 5,
+    reference_scores: Sequence[float | None] | None = None,
+) -> ErrorTypeReport:
+    """Types of every question; with `X` (greedy activations, one row per set) a probe per type.
+
+    Train/test follow the questions' own split.
+    """
+    ks = {s.k for s in sets}
+    if len(ks) != 1:
+        raise ValueError(f"every question needs the same number of samples, got K in {ks}")
+    t = Thresholds.for_k(ks.pop())
+    types = [error_types(s, t) for s in sets]
+    report = ErrorTypeReport(
+        t, types, [s.key for s in sets], [s.greedy["task"] for s in sets], cell=cell
+    )
+    if X is not None:
+        if available is None:
+            available = [True] * len(sets)
+        train = [s.greedy["split"] == "train" for s in sets]
+        report.probes = type_probes(
+            types,
+            X,
+            available,
+            train,
+            min_per_class=min_per_class,
+            n_boot=n_boot,
+            seed=seed,
+            reference_scores=reference_scores,
+        )
+    return report

@@ -1,0 +1,349 @@
+"""Resampling: K answers per question at temperature 1, graded, located and clustered.
+
+The paper's "knows more than it shows" evidence starts here: a question the model answers wrong
+greedily may still get the right answer in some of its K samples (pass@K). Samples are clustered
+into distinct answers, which the error-type taxonomy (`error_types.py`) and majority vote
+(`selection.py`) read.
+
+Clustering: each sample gets a key, its located exact answer (or the whole answer when none was
+located) after SQuAD-style normalisation; refusals share one key. Two keys join a cluster when
+they are equal or one contains the other as whole words ("paris" / "paris france"), transitively.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tl_truth.answers.generation import GenerationConfig
+from tl_truth.answers.grading import normalize
+from tl_truth.answers.prompts import PromptFormat
+from tl_truth.answers.run import AnswerRun, answer_questions
+from tl_truth.data.questions import QADataset
+
+SAMPLES_FILE = "samples.jsonl"
+RESAMPLE_SUMMARY_FILE = "resample_summary.json"
+REFUSAL_KEY = "<refusal>"
+EMPTY_KEY = "<empty>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Clustering
+
+
+def answer_key(record: dict) -> str:
+    """What a sample answered, normalised: its exact answer if located, else the whole answer."""
+    if record.get("category") == "refusal":
+        return REFUSAL_KEY
+    text = record.get("exact_answer") or record.get("answer") or ""
+    return normalize(text) or EMPTY_KEY
+
+
+def _contains_words(long: str, short: str) -> bool:
+    return f" {short} " in f" {long} "
+
+
+def cluster_keys(keys: Sequence[str]) -> list[int]:
+    """Cluster ids (0, 1, ... in order of first appearance) for answer keys.
+
+    Equal keys, or keys where one contains the other as whole words, share a cluster
+    (transitively). The refusal and empty keys only ever match themselves.
+    """
+    special = {REFUSAL_KEY, EMPTY_KEY}
+    distinct = list(dict.fromkeys(keys))
+    parent = list(range(len(distinct)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(distinct):
+        for j in range(i):
+            b = distinct[j]
+            if a in special or b in special:
+                continue
+            if _contains_words(a, b) or _contains_words(b, a):
+                parent[find(i)] = find(j)
+    root_of = {k: find(i) for i, k in enumerate(distinct)}
+    renumber: dict[int, int] = {}
+    out = []
+    for k in keys:
+        out.append(renumber.setdefault(root_of[k], len(renumber)))
+    return out
+
+
+@dataclass
+class Cluster:
+    """One distinct answer among a question's samples."""
+
+    id: int
+    key: str  # the most common key of its members
+    size: int
+    n_correct: int
+    members: list[int]  # sample indices
+    refusal: bool = False
+
+    @property
+    def correct(self) -> bool:
+        """A cluster counts as the correct answer when most of its members were graded correct."""
+        return 2 * self.n_correct > self.size
+
+
+def clusters_of(samples: Sequence[dict]) -> list[Cluster]:
+    """The clusters of one question's samples, largest first (ties: first seen)."""
+    keys = [answer_key(s) for s in samples]
+    ids = cluster_keys(keys)
+    out = []
+    for c in sorted(set(ids)):
+        members = [i for i, x in enumerate(ids) if x == c]
+        key = Counter(keys[i] for i in members).most_common(1)[0][0]
+        out.append(
+            Cluster(
+                id=c,
+                key=key,
+                size=len(members),
+                n_correct=sum(bool(samples[i]["correct"]) for i in members),
+                members=members,
+                refusal=key == REFUSAL_KEY,
+            )
+        )
+    return sorted(out, key=lambda c: (-c.size, c.id))
+
+
+# ---------------------------------------------------------------------------------------------
+# One question's samples
+
+
+@dataclass
+class SampleSet:
+    """A question's greedy answer and its K sampled answers, clustered."""
+
+    greedy: dict
+    samples: list[dict]
+    clusters: list[Cluster] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.clusters:
+            self.clusters = clusters_of(self.samples)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.greedy["task"], self.greedy["id"])
+
+    @property
+    def k(self) -> int:
+        return len(self.samples)
+
+    @property
+    def n_correct(self) -> int:
+        return sum(bool(s["correct"]) for s in self.samples)
+
+    @property
+    def n_refusal(self) -> int:
+        return sum(s["category"] == "refusal" for s in self.samples)
+
+    @property
+    def answers(self) -> list[Cluster]:
+        """Clusters that are answers (not refusals)."""
+        return [c for c in self.clusters if not c.refusal]
+
+    def cluster_of(self, sample_index: int) -> int:
+        for c in self.clusters:
+            if sample_index in c.members:
+                return c.id
+        raise IndexError(sample_index)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+# ---------------------------------------------------------------------------------------------
+# The resampling run
+
+
+@dataclass
+class Resampling:
+    """K samples for each question, with its greedy answer (`sets` follow the questions)."""
+
+    sets: list[SampleSet]
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sets)
+
+    @property
+    def k(self) -> int:
+        return min((s.k for s in self.sets), default=0)
+
+    def summary(self) -> dict:
+        """pass@k curves overall / for greedy-wrong questions, per task."""
+
+        def block(sets: Sequence[SampleSet]) -> dict:
+            wrong = [s for s in sets if not s.greedy["correct"]]
+            ks = sorted({1, 2, 5, 10, 20, 30, self.k} & set(range(1, self.k + 1)))
+            return {
+                "n": len(sets),
+                "greedy_accuracy": _mean([s.greedy["correct"] for s in sets]),
+                "sample_accuracy": _mean([s.n_correct / s.k for s in sets]),
+                "n_greedy_wrong": len(wrong),
+                # "knows more than it shows": the right answer is among the K samples
+                "pass_at_k_greedy_wrong": _mean([s.n_correct > 0 for s in wrong]),
+                "pass_at_k": {
+                    str(k): _mean([pass_at_k(s.k, s.n_correct, k) for s in sets]) for k in ks
+                },
+                "pass_at_k_greedy_wrong_curve": {
+                    str(k): _mean([pass_at_k(s.k, s.n_correct, k) for s in wrong]) for k in ks
+                },
+                "mean_distinct_answers": _mean([len(s.answers) for s in sets]),
+                "refusal_rate": _mean([s.n_refusal / s.k for s in sets]),
+            }
+
+        out = block(self.sets)
+        out["k"] = self.k
+        out["per_task"] = {
+            t: block([s for s in self.sets if s.greedy["task"] == t])
+            for t in sorted({s.greedy["task"] for s in self.sets})
+        }
+        return out
+
+    def to_dataframe(self):
+        """One row per question: greedy grade, correct samples, distinct answers."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            [
+                {
+                    "task": s.greedy["task"],
+                    "id": s.greedy["id"],
+                    "split": s.greedy["split"],
+                    "question": s.greedy["question"],
+                    "gold": s.greedy["gold"],
+                    "greedy_answer": s.greedy["exact_answer"] or s.greedy["answer"],
+                    "greedy_correct": bool(s.greedy["correct"]),
+                    "k": s.k,
+                    "n_correct": s.n_correct,
+                    "n_refusal": s.n_refusal,
+                    "n_answers": len(s.answers),
+                    "top_answer": s.clusters[0].key if s.clusters else None,
+                    "top_answer_size": s.clusters[0].size if s.clusters else 0,
+                }
+                for s in self.sets
+            ]
+        )
+
+    def plot(self, ax=None):
+        """pass@k against k, overall and for the questions greedy decoding gets wrong."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.subplots(figsize=(4.5, 3.2))[1]
+        ks = list(range(1, self.k + 1))
+        wrong = [s for s in self.sets if not s.greedy["correct"]]
+        for sets, label in ((self.sets, "all questions"), (wrong, "greedy wrong")):
+            if sets:
+                ax.plot(
+                    ks,
+                    [_mean([pass_at_k(s.k, s.n_correct, k) for s in sets]) for k in ks],
+                    marker="o",
+                    label=f"{label} (n={len(sets)})",
+                )
+        ax.set_xlabel("k samples")
+        ax.set_ylabel("pass@k")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        ax.set_title("the right answer among k samples")
+        return ax
+
+    def save(self, out_dir: str | Path) -> Path:
+        """`samples.jsonl` (one line per sample, with its cluster) + greedy + a summary."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / (SAMPLES_FILE + ".tmp")
+        with tmp.open("w") as f:
+            for s in self.sets:
+                for i, r in enumerate(s.samples):
+                    f.write(json.dumps({**r, "cluster": s.cluster_of(i)}, ensure_ascii=False))
+                    f.write("\n")
+        tmp.replace(out / SAMPLES_FILE)
+        AnswerRun([s.greedy for s in self.sets], {}).save(out / "greedy")
+        summary = {"meta": self.meta, **self.summary()}
+        (out / RESAMPLE_SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+        return out
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> Resampling:
+        out = Path(out_dir)
+        greedy = AnswerRun.load(out / "greedy").records
+        by_key: dict[tuple[str, str], list[dict]] = {}
+        with (out / SAMPLES_FILE).open() as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    r.pop("cluster", None)
+                    by_key.setdefault((r["task"], r["id"]), []).append(r)
+        meta_path = out / RESAMPLE_SUMMARY_FILE
+        meta = json.loads(meta_path.read_text()).get("meta", {}) if meta_path.exists() else {}
+        return cls([SampleSet(g, by_key[(g["task"], g["id"])]) for g in greedy], meta)
+
+
+def _mean(xs: Sequence[Any]) -> float | None:
+    xs = [float(x) for x in xs]
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def resample(
+    model: Any,
+    dataset: QADataset,
+    k: int = 10,
+    temperature: float = 1.0,
+    config: GenerationConfig | None = None,
+    fmt: PromptFormat | None = None,
+    greedy: Sequence[dict] | None = None,
+    extract_with_model: bool = False,
+    progress: bool = True,
+) -> Resampling:
+    """K sampled answers per question (graded, located, clustered) next to the greedy one.
+
+    `greedy`: greedy records to reuse (e.g. a `tl-truth run` directory's generations); those of
+    the dataset's questions are taken, and any question without one is answered greedily here.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if temperature <= 0:
+        raise ValueError("resampling needs temperature > 0 (temperature 0 is greedy)")
+    base = config or GenerationConfig()
+    by_key = {(r["task"], r["id"]): r for r in (greedy or []) if r.get("sample_index", 0) == 0}
+    missing = dataset.subset([q for q in dataset.questions if (q.task, q.id) not in by_key])
+    if len(missing):
+        greedy_cfg = GenerationConfig(**{**vars(base), "temperature": 0.0, "num_samples": 1})
+        fresh = answer_questions(model, missing, greedy_cfg, fmt, extract_with_model, progress)
+        by_key.update({(r["task"], r["id"]): r for r in fresh.records})
+    sample_cfg = GenerationConfig(**{**vars(base), "temperature": temperature, "num_samples": k})
+    run = answer_questions(model, dataset, sample_cfg, fmt, extract_with_model, progress)
+    samples: dict[tuple[str, str], list[dict]] = {}
+    for r in run.records:
+        samples.setdefault((r["task"], r["id"]), []).append(r)
+    sets = [SampleSet(by_key[(q.task, q.id)], samples[(q.task, q.id)]) for q in dataset.questions]
+    meta = {
+        "model": run.summary.get("model"),
+        "dataset": dataset.name,
+        "k": k,
+        "temperature": temperature,
+        "generation": run.summary.get("generation"),
+        "greedy_reused": len(dataset) - len(missing),
+        "timings": run.summary.get("timings"),
+        "exact_answer_sources": run.summary.get("exact_answer_sources"),
+    }
+    return Resampling(sets, meta)

@@ -1,0 +1,267 @@
+"""Answer selection: among K samples, take the one the correctness probe trusts most.
+
+Compared on the same questions with greedy decoding, a random sample (its exact expectation,
+n_correct / K), a random sample among those the probe can score (`random_located`: the probe
+needs a located exact answer, and that filter alone favours right answers), majority vote over
+answer clusters and the oracle (any sample right, pass@K).
+Confidence intervals are percentile bootstraps over questions; differences against greedy are
+paired (the same resampled questions for both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tl_truth.results import save_outputs
+from tl_truth.studies.error_types import ERROR_TYPES, Thresholds, error_types
+from tl_truth.studies.resampling import SampleSet
+
+STRATEGIES = ("greedy", "random", "majority", "probe")
+ORDER = ("greedy", "random", "random_located", "majority", "probe", "oracle")
+COLORS = {
+    "greedy": "#888",
+    "random": "#aaa",
+    "random_located": "#bbb",
+    "majority": "#6a9",
+    "probe": "#c54",
+    "oracle": "#ddd",
+}
+
+
+def majority_choice(s: SampleSet) -> float:
+    """Correctness of the largest answer cluster (refusals only win when nothing else exists)."""
+    pool = s.answers or s.clusters
+    if not pool:
+        return 0.0
+    return float(pool[0].correct)  # clusters are sorted largest first, ties by first seen
+
+
+def probe_choice(s: SampleSet, scores: Sequence[float]) -> float | None:
+    """Correctness of the sample with the highest probe score; None if no sample was scored."""
+    sc = np.asarray(scores, dtype=float)
+    if len(sc) != s.k:
+        raise ValueError(f"{s.key}: {len(sc)} scores for {s.k} samples")
+    if not np.isfinite(sc).any():
+        return None
+    return float(bool(s.samples[int(np.nanargmax(sc))]["correct"]))
+
+
+def per_question(
+    sets: Sequence[SampleSet], scores: Mapping[tuple[str, str], Sequence[float]] | None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each strategy's correctness (0/1, expectation for random) per question, and which
+    questions fell back to majority vote because no sample had a probe score."""
+    out = {name: np.zeros(len(sets)) for name in (*STRATEGIES, "random_located", "oracle")}
+    fallback = np.zeros(len(sets), dtype=bool)
+    for i, s in enumerate(sets):
+        out["greedy"][i] = float(bool(s.greedy["correct"]))
+        out["random"][i] = s.n_correct / s.k
+        out["majority"][i] = majority_choice(s)
+        out["oracle"][i] = float(s.n_correct > 0)
+        pick = probe_choice(s, scores[s.key]) if scores is not None else None
+        if pick is None:
+            fallback[i] = True
+            pick = out["majority"][i]
+        out["probe"][i] = pick
+        if scores is not None:
+            # The probe can only pick a sample it can score (exact answer located), and wrong
+            # answers are located less often: a random pick among those same samples is the
+            # control that separates the probe's knowledge from that filter.
+            ok = np.isfinite(np.asarray(scores[s.key], dtype=float))
+            located = [bool(r["correct"]) for r, keep in zip(s.samples, ok, strict=True) if keep]
+            out["random_located"][i] = np.mean(located) if located else out["majority"][i]
+    if scores is None:
+        del out["probe"], out["random_located"]
+    return out, fallback
+
+
+def _boot(values: dict[str, np.ndarray], n_boot: int, seed: int) -> dict[str, dict]:
+    """Mean with percentile CI per strategy, and paired differences against greedy."""
+    names = list(values)
+    n = len(values[names[0]])
+    if n == 0:
+        return {k: {"value": None, "ci": [None, None]} for k in names}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))  # the same resampled questions for every value
+
+    def mean_ci(v: np.ndarray) -> dict:
+        boots = v[idx].mean(1)
+        return {
+            "value": round(float(v.mean()), 4),
+            "ci": [round(float(np.quantile(boots, q)), 4) for q in (0.025, 0.975)],
+        }
+
+    out = {}
+    for k in names:
+        out[k] = mean_ci(values[k])
+        # paired differences: the probe against greedy and against its fair controls
+        for ref in ("greedy", "majority", "random_located"):
+            if k == ref or ref not in values or (ref != "greedy" and k != "probe"):
+                continue
+            out[k][f"minus_{ref}"] = mean_ci(values[k] - values[ref])
+    return out
+
+
+@dataclass
+class SelectionResult:
+    """Accuracy of each selection strategy, overall, per task and per error type."""
+
+    accuracy: dict[str, dict]
+    per_task: dict[str, dict]
+    per_type: dict[str, dict]
+    pass_at_k: dict
+    n: int
+    k: int
+    n_probe_fallback: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "n": self.n,
+            "k": self.k,
+            "accuracy": self.accuracy,
+            "per_task": self.per_task,
+            "per_type": self.per_type,
+            "pass_at_k": self.pass_at_k,
+            "n_probe_fallback": self.n_probe_fallback,
+            "meta": self.meta,
+        }
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        rows = []
+        groups = {"all": self.accuracy, **{f"task:{t}": v for t, v in self.per_task.items()}}
+        groups |= {f"type:{t}": v for t, v in self.per_type.items()}
+        for group, block in groups.items():
+            for name, v in block.items():
+                if isinstance(v, dict) and "value" in v:
+                    rows.append(
+                        {
+                            "group": group,
+                            "strategy": name,
+                            "accuracy": v["value"],
+                            "ci_low": v["ci"][0],
+                            "ci_high": v["ci"][1],
+                            "n": block.get("n", self.n)
+                            if isinstance(block.get("n"), int)
+                            else self.n,
+                        }
+                    )
+        return pd.DataFrame(rows)
+
+    def plot(self, ax=None):
+        """Accuracy per strategy with 95% CIs (oracle = any of the K samples right)."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.subplots(figsize=(6.5, 3.4))[1]
+        names = [k for k in ORDER if k in self.accuracy]
+        vals = [self.accuracy[k]["value"] for k in names]
+        err = np.array(
+            [
+                [v - self.accuracy[k]["ci"][0], self.accuracy[k]["ci"][1] - v]
+                for k, v in zip(names, vals, strict=True)
+            ]
+        ).T
+        ax.bar(
+            names,
+            vals,
+            yerr=err,
+            capsize=4,
+            color=[COLORS[k] for k in names],
+        )
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", labelrotation=20)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"answer selection among K={self.k} samples (n={self.n})")
+        return ax
+
+    def to_markdown(self) -> str:
+        def cell(v: dict | None) -> str:
+            if not v or v.get("value") is None:
+                return "-"
+            return f"{v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
+
+        names = [k for k in ORDER if k in self.accuracy]
+        lines = [
+            f"## Answer selection (K = {self.k}, {self.n} questions)",
+            "",
+            "| group | n | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
+        groups = {"all": {**self.accuracy, "n": self.n}, **self.per_task}
+        groups |= {f"type: {t}": v for t, v in self.per_type.items()}
+        for g, block in groups.items():
+            lines.append(
+                f"| {g} | {block.get('n')} | "
+                + " | ".join(cell(block.get(k)) for k in names)
+                + " |"
+            )
+        lines.append("")
+        for k in names:
+            for ref in ("greedy", "majority", "random_located"):
+                d = self.accuracy[k].get(f"minus_{ref}")
+                if d:
+                    lines.append(
+                        f"- {k} minus {ref} (paired): {d['value']:+.3f} "
+                        f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+                    )
+        if self.n_probe_fallback:
+            lines.append(
+                f"- {self.n_probe_fallback} questions had no sample with a probe score "
+                "(no exact answer located in any sample): probe fell back to majority."
+            )
+        return "\n".join(lines) + "\n"
+
+    def save(self, out_dir: str | Path) -> Path:
+        return save_outputs(out_dir, "selection", self.to_dict(), self.to_markdown(), self.plot())
+
+
+def select_answers(
+    sets: Sequence[SampleSet],
+    scores: Mapping[tuple[str, str], Sequence[float]] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    split: str | None = "test",
+) -> SelectionResult:
+    """Greedy vs random vs majority vs probe (highest score among the K samples).
+
+    `scores[(task, id)]`: the probe's score per sample (NaN where it has no position). `split`
+    restricts the evaluation to questions of that split (the probe was trained on "train");
+    None keeps every question.
+    """
+    if split is not None:
+        sets = [s for s in sets if s.greedy["split"] == split]
+    if not sets:
+        raise ValueError(f"no questions to select among (split={split!r})")
+    k = min(s.k for s in sets)
+    values, fallback = per_question(sets, scores)
+    overall = _boot(values, n_boot, seed)
+
+    def group(m: np.ndarray) -> dict:
+        return {"n": int(m.sum()), **_boot({k_: v[m] for k_, v in values.items()}, n_boot, seed)}
+
+    tasks = np.array([s.greedy["task"] for s in sets])
+    per_task = {t: group(tasks == t) for t in sorted(set(tasks.tolist()))}
+    per_type = {}
+    if len({s.k for s in sets}) == 1 and k >= 2:
+        th = Thresholds.for_k(k)
+        types = [error_types(s, th) for s in sets]
+        for name in ERROR_TYPES:
+            m = np.array([t[name] for t in types])
+            if m.any():
+                per_type[name] = group(m)
+    wrong = values["greedy"] == 0
+    pak = {
+        "k": k,
+        "all": round(float(values["oracle"].mean()), 4),
+        "greedy_wrong": round(float(values["oracle"][wrong].mean()), 4) if wrong.any() else None,
+        "n_greedy_wrong": int(wrong.sum()),
+    }
+    return SelectionResult(
+        overall, per_task, per_type, pak, len(sets), k, int(fallback.sum()) if scores else 0
+    )
