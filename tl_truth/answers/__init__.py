@@ -9,12 +9,14 @@ from tl_truth.answers.generation import Generation, GenerationConfig, generate, 
 from tl_truth.answers.grading import Grade, grade, normalize
 from tl_truth.answers.positions import NAMED_POSITIONS, resolve_position, resolve_positions
 from tl_truth.answers.prompts import CHAT, QA, PromptFormat, default_format, parse_format
+from tl_truth.answers.record import AnswerRecord
 from tl_truth.answers.run import AnswerRun, answer_questions, summarize
 
 __all__ = [
     "CHAT",
     "NAMED_POSITIONS",
     "QA",
+    "AnswerRecord",
     "AnswerRun",
     "ExactAnswer",
     "Generation",

@@ -16,6 +16,14 @@ downstream.
     is accepted only if it is found in the generation;
 otherwise nothing, with the reason. Refusals have no exact answer.
 
+That is the paper's rule (`locate="paper"`), and it has a bias: a right answer is found by its
+gold (always, by construction) while a wrong one needs a candidate match or the extractor, so
+the located rate and *the kind of span located* differ by class, and a probe can learn that
+difference instead of correctness. `locate="blind"` (the default) never reads the gold or the
+grade: the same steps (b) and (c) run for every answer, right or wrong (task candidates, the
+committed number, the first option, else the extractor); grading is unchanged. Reports show the
+located rate per class so the difference is visible either way.
+
 Invariant: when `char_span` is not None, `answer[char_span[0]:char_span[1]] == text`.
 """
 
@@ -33,13 +41,16 @@ from tl_truth.answers.grading import (
     find_span,
     gold_option_indices,
     option_mentions,
+    refusal_reason,
 )
 from tl_truth.answers.grading import (
     grade as grade_answer,
 )
-from tl_truth.data.questions import Question
+from tl_truth.data.questions import Question, make_question  # noqa: F401 (doctest)
 
 Source = Literal["gold_alias", "candidate", "number", "option", "model", "none"]
+Locate = Literal["blind", "paper"]
+LOCATE_POLICIES: tuple[str, ...] = ("blind", "paper")
 Extractor = Callable[[Question, str], str]
 
 NO_ANSWER = "NO ANSWER"
@@ -181,23 +192,45 @@ def find_exact_answer(
     grade: Grade | None = None,
     candidates: Sequence[str] = (),
     extractor: Extractor | None = None,
+    locate: Locate = "blind",
 ) -> ExactAnswer:
     """Locate the exact answer of `answer` (see the module docstring for the order).
 
-    `grade` defaults to `tl_truth.answers.grading.grade(question, answer)`; `candidates` is the task's
-    answer vocabulary (`QADataset.candidates`); `extractor(question, answer) -> str` is called
-    only when string matching fails, and its output (tidied by `clean_extraction`) is kept
-    only if it is found in `answer`. Extractor errors propagate.
+    Args:
+        question: the question (its gold is read only when `locate="paper"`).
+        answer: the generated text.
+        grade: `paper` only; defaults to `tl_truth.answers.grading.grade(question, answer)`.
+        candidates: the task's answer vocabulary (`QADataset.candidates_for(task)`).
+        extractor: `extractor(question, answer) -> str`, called only when string matching
+            fails; its output (tidied by `clean_extraction`) is kept only if found in `answer`.
+            Extractor errors propagate.
+        locate: "blind" (default: never reads the gold or the grade, the same procedure for
+            right and wrong answers) or "paper" (the gold alias first for correct answers).
+
+    Returns:
+        An `ExactAnswer`; `answer[span[0]:span[1]] == text` when found.
+
+    >>> q = make_question("1", "What is the capital of France?", "Paris", "capitals", "factual")
+    >>> find_exact_answer(q, "It is Lyon, not Paris.", candidates=["Lyon", "Paris"]).text
+    'Lyon'
+    >>> find_exact_answer(q, "It is Lyon, not Paris.", locate="paper").text
+    'Paris'
     """
+    if locate not in LOCATE_POLICIES:
+        raise ValueError(f"locate must be one of {LOCATE_POLICIES}, got {locate!r}")
     if not isinstance(answer, str):
         return ExactAnswer.none("refusal")
-    if grade is None:
-        grade = grade_answer(question, answer)
-    if grade.category == "refusal":
-        return ExactAnswer.none("refusal")
+    if locate == "blind":
+        if refusal_reason(answer) is not None:
+            return ExactAnswer.none("refusal")
+    else:
+        if grade is None:
+            grade = grade_answer(question, answer)
+        if grade.category == "refusal":
+            return ExactAnswer.none("refusal")
 
-    # (a) correct: the gold that matched
-    if grade.correct:
+    # (a) paper only, correct answers: the gold that matched
+    if locate == "paper" and grade.correct:
         if question.grade == "numeric":
             num = committed_number(question, answer)
             if num is not None:
@@ -211,7 +244,7 @@ def find_exact_answer(
         if hit is not None:
             return ExactAnswer.at(answer, hit[0], hit[1], "gold_alias", "gold_alias")
 
-    # (b) wrong (or a correct grade we could not locate): the committed-to answer
+    # (b) every answer under "blind"; wrong ones (or an unlocated correct one) under "paper"
     if question.grade == "numeric":
         num = committed_number(question, answer)
         if num is not None:

@@ -32,6 +32,7 @@ from transformer_lens.patching import layer_pos_patch_setter
 
 from tl_truth.models import HOOK_KINDS, hook_name, model_device
 from tl_truth.probing.probe import Probe
+from tl_truth.results import Result, markdown_table
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]]
 
@@ -138,12 +139,21 @@ def logit_metric(token_id: int, position: int) -> Metric:
 # Results
 
 
+METRICS = {
+    "probe_score": "probe score (logit P(correct))",
+    "answer_logit": "answer logit",
+}
+
+
 @dataclass
-class PatchResult:
+class PatchResult(Result):
     """Probe score and answer logit of the corrupted run, patched at each (layer, position).
 
     `positions` are the patched positions (0..min_len-1 for a single example; negative offsets
     from the end after `average`). Baselines are the unpatched clean and corrupted runs.
+
+    The result protocol (`tl_truth.results.Result`): `save(dir)` writes `patch_result.json`,
+    `.md` and `.png`; `PatchResult.load(dir)` reads it back.
     """
 
     probe_score: Float[Tensor, "layers positions"]
@@ -165,6 +175,8 @@ class PatchResult:
             self.positions = list(range(self.probe_score.shape[1]))
         if self.layers is None:
             self.layers = list(range(self.probe_score.shape[0]))
+
+    result_name = "patch_result"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -192,43 +204,143 @@ class PatchResult:
                 )
         return pd.DataFrame(rows)
 
-    def plot(self, title: str | None = None) -> Any:
-        """Two heatmaps side by side (probe score, answer logit); returns the matplotlib Figure.
+    def to_dict(self) -> dict:
+        return {
+            "probe_score": self.probe_score.tolist(),
+            "answer_logit": self.answer_logit.tolist(),
+            "clean_probe_score": self.clean_probe_score,
+            "corrupted_probe_score": self.corrupted_probe_score,
+            "clean_answer_logit": self.clean_answer_logit,
+            "corrupted_answer_logit": self.corrupted_answer_logit,
+            "hook_kind": self.hook_kind,
+            "positions": list(self.positions),
+            "labels": self.labels,
+            "n_examples": self.n_examples,
+            "layers": self.layers,
+        }
 
-        Colours are centred on the corrupted baseline: red = towards the clean run's value."""
+    @classmethod
+    def from_dict(cls, d: dict) -> PatchResult:
+        def grid(key: str) -> Tensor:  # null (a missing position) -> nan
+            return torch.tensor([[np.nan if x is None else x for x in row] for row in d[key]])
+
+        return cls(
+            probe_score=grid("probe_score"),
+            answer_logit=grid("answer_logit"),
+            clean_probe_score=d["clean_probe_score"],
+            corrupted_probe_score=d["corrupted_probe_score"],
+            clean_answer_logit=d["clean_answer_logit"],
+            corrupted_answer_logit=d["corrupted_answer_logit"],
+            hook_kind=d.get("hook_kind", "resid_pre"),
+            positions=list(d.get("positions") or []),
+            labels=d.get("labels"),
+            n_examples=d.get("n_examples", 1),
+            layers=d.get("layers"),
+        )
+
+    # -- figure
+
+    @property
+    def figsize(self) -> tuple[float, float]:
+        n_layers, n_pos = self.shape
+        return (max(8.0, 0.35 * n_pos * 2 + 3), 0.4 * n_layers + 2.5)
+
+    def _draw(self, ax: Any, metric: str) -> None:
+        """One heatmap, colours centred on the corrupted baseline (red: towards clean)."""
         from matplotlib.colors import TwoSlopeNorm
-        from matplotlib.figure import Figure
 
         n_layers, n_pos = self.shape
-        fig = Figure(figsize=(max(8.0, 0.35 * n_pos * 2 + 3), 0.4 * n_layers + 2.5))
-        axes = fig.subplots(1, 2)
-        panels = [
-            ("probe score (logit P(correct))", self.probe_score, self.corrupted_probe_score),
-            ("answer logit", self.answer_logit, self.corrupted_answer_logit),
-        ]
+        values, centre = getattr(self, metric), getattr(self, f"corrupted_{metric}")
         ticks = self.labels if self.labels else [str(p) for p in self.positions]
-        for ax, (name, values, centre) in zip(axes, panels, strict=True):
-            v = values.detach().float().cpu().numpy()
-            finite = v[np.isfinite(v)]  # a missing position (NaN) stays blank
-            lo = min(float(finite.min()), centre) if finite.size else centre
-            hi = max(float(finite.max()), centre) if finite.size else centre
-            eps = 1e-6
-            norm = TwoSlopeNorm(
-                vcenter=centre, vmin=min(lo, centre - eps), vmax=max(hi, centre + eps)
+        v = values.detach().float().cpu().numpy()
+        finite = v[np.isfinite(v)]  # a missing position (NaN) stays blank
+        lo = min(float(finite.min()), centre) if finite.size else centre
+        hi = max(float(finite.max()), centre) if finite.size else centre
+        eps = 1e-6
+        norm = TwoSlopeNorm(vcenter=centre, vmin=min(lo, centre - eps), vmax=max(hi, centre + eps))
+        im = ax.imshow(v, aspect="auto", cmap="RdBu_r", norm=norm, origin="lower")
+        ax.set_title(METRICS[metric])
+        ax.set_xlabel("position")
+        ax.set_ylabel(f"layer ({self.hook_kind})")
+        ax.set_xticks(range(n_pos))
+        ax.set_xticklabels(ticks, rotation=90, fontsize=7)
+        ax.set_yticks(range(n_layers))
+        ax.set_yticklabels([str(x) for x in self.layers], fontsize=7)
+        ax.figure.colorbar(im, ax=ax)
+
+    def plot(self, ax: Any = None, title: str | None = None, metric: str | None = None) -> Any:
+        """Heatmaps of the probe score and the answer logit per (layer, position).
+
+        Colours are centred on the corrupted baseline: red = towards the clean run's value.
+        With no `ax`, a new (pyplot) figure holds both panels (or only `metric`) and its first
+        Axes is returned; a given `ax` gets one panel (`metric`, default the probe score), a
+        pair of Axes gets both. `title` goes above a figure made here, else above the panel.
+        """
+        if metric is not None and metric not in METRICS:
+            raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+        if ax is None:
+            import matplotlib.pyplot as plt
+
+            metrics = [metric] if metric else list(METRICS)
+            w, h = self.figsize
+            fig, axes = plt.subplots(
+                1, len(metrics), figsize=(w * len(metrics) / 2, h), squeeze=False
             )
-            im = ax.imshow(v, aspect="auto", cmap="RdBu_r", norm=norm, origin="lower")
-            ax.set_title(name)
-            ax.set_xlabel("position")
-            ax.set_ylabel(f"layer ({self.hook_kind})")
-            ax.set_xticks(range(n_pos))
-            ax.set_xticklabels(ticks, rotation=90, fontsize=7)
-            ax.set_yticks(range(n_layers))
-            ax.set_yticklabels([str(x) for x in self.layers], fontsize=7)
-            fig.colorbar(im, ax=ax)
+            for a, m in zip(axes[0], metrics, strict=True):
+                self._draw(a, m)
+            if title:
+                fig.suptitle(title)
+            fig.tight_layout()
+            return axes[0][0]
+        axes = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
+        for a, m in zip(axes, [metric] if metric else list(METRICS), strict=False):
+            self._draw(a, m)
+        if title:
+            axes[0].set_title(f"{title}\n{axes[0].get_title()}")
+        return ax
+
+    def figure(self, title: str | None = None) -> Any:
+        """Both heatmaps side by side on a new Figure (built without pyplot)."""
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=self.figsize)
+        for a, m in zip(fig.subplots(1, 2), METRICS, strict=True):
+            self._draw(a, m)
         if title:
             fig.suptitle(title)
         fig.tight_layout()
         return fig
+
+    # -- markdown
+
+    def title(self) -> str:
+        n = f", mean of {self.n_examples} examples" if self.n_examples > 1 else ""
+        return f"Activation patching ({self.hook_kind}{n})"
+
+    def _matrix(self, metric: str) -> pd.DataFrame:
+        """`to_dataframe()[metric]` as layers (rows) x positions (columns)."""
+        df = self.to_dataframe()
+        labels = [str(p) for p in self.positions]
+        if self.labels and len(set(self.labels)) == len(self.labels) and "layer" not in self.labels:
+            labels = [str(t) for t in self.labels]
+        elif self.labels:
+            labels = [f"{p} {t!r}" for p, t in zip(self.positions, self.labels, strict=True)]
+        out = pd.DataFrame({"layer": list(self.layers)})
+        for p, label in zip(self.positions, labels, strict=True):
+            out[label] = df.loc[df["position"] == p, metric].to_numpy()
+        return out
+
+    def markdown_frame(self) -> pd.DataFrame:
+        return self._matrix("probe_score")
+
+    def markdown_notes(self) -> str:
+        return (
+            f"Probe score of the patched corrupted run (rows: layers, columns: positions); "
+            f"unpatched: corrupted {self.corrupted_probe_score:.3f}, clean "
+            f"{self.clean_probe_score:.3f}.\n\n"
+            f"Answer logit (unpatched: corrupted {self.corrupted_answer_logit:.3f}, clean "
+            f"{self.clean_answer_logit:.3f}):\n\n" + markdown_table(self._matrix("answer_logit"))
+        )
 
     @staticmethod
     def average(results: Sequence[PatchResult]) -> PatchResult:

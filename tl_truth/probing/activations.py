@@ -72,7 +72,10 @@ def capture_batch(
     # Stop after the deepest requested block: later layers cannot change these activations.
     deepest = max(_layer_of(h) for h in hooks)
     kwargs: dict[str, Any] = {"attention_mask": mask.to(device)}
-    if 0 <= deepest < model.cfg.n_layers - 1 and all(_layer_of(h) >= 0 for h in hooks):
+    before_blocks = {"hook_embed", "hook_pos_embed"}  # fire before block 0: stopping is safe
+    if 0 <= deepest < model.cfg.n_layers - 1 and all(
+        _layer_of(h) >= 0 or h in before_blocks for h in hooks
+    ):
         kwargs["stop_at_layer"] = deepest + 1
     with model.hooks(fwd_hooks=fwd_hooks):
         model(tokens.to(device), **kwargs)
@@ -215,6 +218,8 @@ def capture(
             "split": r["split"],
             "correct": bool(r["correct"]),
             "sample_index": r.get("sample_index", 0),
+            # where the named positions came from: a store made for other spans is not reused
+            "exact_span": r.get("exact_answer_token_span"),
         }
         for r in records
     ]

@@ -27,16 +27,41 @@ from tl_truth.probing.solver import (
     _CellFits,
     _fit_cells,
 )
+from tl_truth.results import Result, json_safe
 
 # The (hook, position) grid
 
 
+# [H, P] metric arrays (and `cv_auc_per_c`, [H, P, n_Cs]) that `to_dict` holds
+_METRICS = (
+    "auc",
+    "auc_ci_low",
+    "auc_ci_high",
+    "auc_shuffled",
+    "auc_mean_diff",
+    "md_ci_low",
+    "md_ci_high",
+    "n_train",
+    "n_test",
+    "C",
+    "cv_auc",
+    "cv_auc_per_c",
+    "fitted",
+    "md_fitted",
+)
+
+
 @dataclass(eq=False)
-class ProbeGrid:
+class ProbeGrid(Result):
     """Test metrics and fitted probes for every (hook, position) cell; arrays are [H, P].
 
     `auc`, `auc_ci_*`, `auc_shuffled`, `C` and `weight` are for the grid's `kind` of probe;
     `auc_mean_diff` and `md_*` are always the mean-diff probe's. Unfittable cells are nan.
+
+    The result protocol (`tl_truth.results.Result`): `save(dir)` writes the metrics
+    (`probe_grid.json`, `.md`, `.png`), not the probes' weights (save a probe with
+    `grid.probe(hook, position).save(path)`); a grid from `ProbeGrid.load(dir)` has
+    `has_weights == False`.
     """
 
     hooks: list[str]
@@ -66,6 +91,74 @@ class ProbeGrid:
     model: dict | None = None
     metadata: dict = field(default_factory=dict)
 
+    result_name = "probe_grid"
+    json_raw_keys = ("model", "metadata")
+
+    @property
+    def has_weights(self) -> bool:
+        """False for a grid read back from JSON (metrics only)."""
+        return self.weight.ndim == 3 and self.weight.shape[-1] > 0
+
+    def to_dict(self) -> dict:
+        """Hooks, positions and every metric array as nested lists (no weights)."""
+        return {
+            "hooks": self.hooks,
+            "layers": self.layers,
+            "positions": self.positions,
+            "kind": self.kind,
+            **{k: np.asarray(getattr(self, k)).tolist() for k in _METRICS},
+            "model": self.model,
+            "metadata": self.metadata,
+        }
+
+    def to_json(self) -> dict:
+        d = super().to_json()
+        d["C"] = json_safe(np.asarray(self.C).tolist(), None)  # a C of 1e-5 must survive
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ProbeGrid:
+        """A grid with the metrics in `d` (missing ones nan / False) and no weights."""
+        H, P = len(d["hooks"]), len(d["positions"])
+
+        def arr(key: str, dtype: Any = float, shape: tuple = (H, P)) -> np.ndarray:
+            v = d.get(key)
+            if v is None:
+                return np.full(shape, np.nan) if dtype is float else np.zeros(shape, dtype)
+            if dtype is float:
+                return np.array(v, dtype=object).astype(float)  # None -> nan
+            return np.asarray(v, dtype=dtype)
+
+        empty = torch.zeros(H, P, 0)
+        return cls(
+            hooks=list(d["hooks"]),
+            positions=list(d["positions"]),
+            layers=list(d.get("layers") or [_layer_of(h) for h in d["hooks"]]),
+            kind=d.get("kind", "logistic"),
+            auc=arr("auc"),
+            auc_ci_low=arr("auc_ci_low"),
+            auc_ci_high=arr("auc_ci_high"),
+            auc_shuffled=arr("auc_shuffled"),
+            auc_mean_diff=arr("auc_mean_diff"),
+            md_ci_low=arr("md_ci_low"),
+            md_ci_high=arr("md_ci_high"),
+            n_train=arr("n_train", np.int64),
+            n_test=arr("n_test", np.int64),
+            C=arr("C"),
+            cv_auc=arr("cv_auc"),
+            cv_auc_per_c=arr("cv_auc_per_c", shape=(H, P, 0)),
+            fitted=arr("fitted", bool),
+            md_fitted=arr("md_fitted", bool),
+            weight=empty,
+            bias=torch.full((H, P), float("nan")),
+            mean=empty,
+            scale=empty,
+            md_weight=empty,
+            md_bias=torch.full((H, P), float("nan")),
+            model=d.get("model"),
+            metadata=dict(d.get("metadata") or {}),
+        )
+
     def _cell(self, hook: str, position: str) -> tuple[int, int]:
         if hook not in self.hooks:
             raise KeyError(f"unknown hook {hook!r}; grid has {self.hooks}")
@@ -77,6 +170,11 @@ class ProbeGrid:
         """The fitted probe of one cell, ready to apply or save."""
         kind = kind or self.kind
         h, p = self._cell(hook, position)
+        if not self.has_weights:
+            raise ValueError(
+                "this grid was read back from JSON and holds no weights: load a saved probe "
+                "with Probe.load instead"
+            )
         if kind == "logistic" and self.kind != "logistic":
             raise ValueError("this grid fitted mean_diff probes only (kind='mean_diff')")
         md = kind == "mean_diff"
@@ -171,28 +269,58 @@ class ProbeGrid:
             "selected_by": "train_cv_auc" if key is not values else "test_auc",
         }
 
+    @property
+    def figsize(self) -> tuple[float, float]:
+        return (1.5 + 0.45 * len(self.positions), 1.5 + 0.22 * len(self.hooks))
+
     def plot(self, ax: Any = None, kind: str = "auc", cmap: str = "viridis"):
         """Heatmap of test AUC, layers (rows) x positions (columns), with a colorbar.
 
-        Returns the matplotlib Axes (its `.figure` is the figure).
+        Returns the matplotlib Axes (its `.figure` is the figure). Only without `ax` is a
+        (pyplot) figure created; a given `ax` is drawn on, pyplot is not touched.
         """
-        import matplotlib.pyplot as plt
-
         values = self._values(kind)[0]
         if ax is None:
-            size = (1.5 + 0.45 * len(self.positions), 1.5 + 0.22 * len(self.hooks))
-            _, ax = plt.subplots(figsize=size)
+            import matplotlib.pyplot as plt
+
+            _, ax = plt.subplots(figsize=self.figsize)
         im = ax.imshow(values, aspect="auto", origin="lower", cmap=cmap, vmin=0.5, vmax=1.0)
-        labels = [
-            h if la is None else str(la) for la, h in zip(self.layers, self.hooks, strict=True)
-        ]
-        ax.set_yticks(range(len(labels)), labels)
+        ax.set_yticks(range(len(self.hooks)), self._row_labels())
         ax.set_xticks(range(len(self.positions)), self.positions, rotation=60, ha="right")
         ax.set_ylabel("layer" if None not in self.layers else "hook")
         ax.set_xlabel("position")
         ax.set_title(f"test ROC AUC ({self.kind if kind == 'auc' else kind})")
         ax.figure.colorbar(im, ax=ax, label="ROC AUC")
         return ax
+
+    def _row_labels(self) -> list[str]:
+        return [h if la is None else str(la) for la, h in zip(self.layers, self.hooks, strict=True)]
+
+    def title(self) -> str:
+        return f"Probe grid: test ROC AUC ({self.kind})"
+
+    def markdown_frame(self):
+        """Test AUC, hooks (rows) x positions (columns)."""
+        import pandas as pd
+
+        df = self.to_dataframe()
+        auc = df.set_index(["hook", "position"])["auc"]
+        out = pd.DataFrame({"layer" if None not in self.layers else "hook": self._row_labels()})
+        for p in self.positions:
+            out[p] = [auc[(h, p)] for h in self.hooks]
+        return out
+
+    def markdown_notes(self) -> str:
+        by = "cv" if np.isfinite(np.asarray(self.cv_auc, dtype=float)).any() else "test"
+        try:
+            b = self.best(by=by)
+        except ValueError:
+            return "No cell has a score (too few examples everywhere).\n"
+        ci = "" if b["ci"] is None else f" [{b['ci'][0]:.3f}, {b['ci'][1]:.3f}]"
+        return (
+            f"Best cell ({b['selected_by']}): {b['hook']} / {b['position']}, "
+            f"test AUC {b['auc']:.3f}{ci}.\n"
+        )
 
 
 @dataclass
@@ -345,12 +473,12 @@ def _as_mask(x: Any, shape: tuple[int, ...], name: str) -> Tensor:
 
 
 def fit_probe_grid(
-    X: Float[Tensor, "n n_hooks n_positions d"],
-    y: Int[Tensor, " n"],
-    train: Bool[Tensor, " n"],
-    test: Bool[Tensor, " n"],
-    hooks: Sequence[str],
-    positions: Sequence[str],
+    X: Float[Tensor, "n n_hooks n_positions d"] | Any,
+    y: Int[Tensor, " n"] | None = None,
+    train: Bool[Tensor, " n"] | None = None,
+    test: Bool[Tensor, " n"] | None = None,
+    hooks: Sequence[str] | None = None,
+    positions: Sequence[str] | None = None,
     valid: Bool[Tensor, "n n_positions"] | None = None,
     kind: ProbeKind = "logistic",
     Cs: Sequence[float] = DEFAULT_CS,
@@ -366,6 +494,12 @@ def fit_probe_grid(
 ) -> ProbeGrid:
     """Fit a probe for every (hook, position) cell, all cells of a chunk in one batched solve.
 
+    `fit_probe_grid(store)` fits an `ActivationStore`'s grid: activations, validity, labels,
+    train/test splits, hooks, positions and model all come from the store; `hooks`/`positions`
+    then pick a subset of the captured ones, and `train`/`test` masks may replace the store's
+    splits (e.g. `rows_of_task & store.split_mask("train")` for one task's grid). With arrays,
+    `X` is [n, n_hooks, n_positions, d] and `y`, `train`, `test`, `hooks`, `positions` are needed.
+
     Each cell trains on the train examples valid at its position (`valid[:, p]`); logistic
     probes choose C among `Cs` by stratified `cv`-fold CV AUC and are refitted on all of them.
     On the valid test examples each cell gets: ROC AUC, a percentile bootstrap 95% CI
@@ -378,6 +512,20 @@ def fit_probe_grid(
     probe aligns with it with a random sign, so read the control as |AUC - 0.5| there.
     `chunk_cells` bounds memory: about chunk_cells * n_train * (d + 3 * n_train) float64s.
     """
+    from tl_truth.probing.activations import ActivationStore  # (it does not import this module)
+
+    if isinstance(X, ActivationStore):
+        if y is not None or valid is not None:
+            raise ValueError("with an ActivationStore, labels and validity come from the store")
+        store = X
+        hooks, positions = list(hooks or store.hooks), list(positions or store.positions)
+        X, valid = store.load(hooks, positions)
+        y = store.labels
+        train = store.split_mask("train") if train is None else train
+        test = store.split_mask("test") if test is None else test
+        model = store.model if model is None else model
+    elif any(a is None for a in (y, train, test, hooks, positions)):
+        raise ValueError("give an ActivationStore, or X, y, train, test, hooks and positions")
     hooks, positions = list(hooks), list(positions)
     X, y, train, test, valid, info = _check_grid_inputs(
         X, y, train, test, valid, hooks, positions, model

@@ -1,4 +1,13 @@
-"""ROC AUC (rank based, ties get average ranks), batched over cells, and bootstrap CIs."""
+"""Scores of a correctness detector: ROC AUC, bootstrap CIs, and the rejection metrics.
+
+* ROC AUC is rank based (ties get average ranks) and batched over probe cells.
+* Bootstrap CIs resample examples; `paired_bootstrap_auc_diff` resamples the *same* examples
+  for two methods, which is what a claim "A beats B" needs.
+* The prediction-rejection ratio (PRR, LM-Polygraph's main metric) and the risk-coverage curve
+  read a score as "abstain on the least confident answers first": see `rejection_curve`.
+
+Convention everywhere: a higher score means "more likely correct"; label 1 = correct.
+"""
 
 from __future__ import annotations
 
@@ -117,8 +126,126 @@ def bootstrap_auc_ci(
     return float(lo), float(hi)
 
 
+def paired_bootstrap_auc_diff(
+    a: Any, b: Any, labels: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, tuple[float, float]]:
+    """AUC(a) - AUC(b) on the same examples, with a paired percentile bootstrap CI.
+
+    Each replicate resamples examples once and scores both methods on that resample, so the
+    CI reflects the difference, not two independent uncertainties.
+
+    >>> d, (lo, hi) = paired_bootstrap_auc_diff([0.1, 0.9, 0.8, 0.2], [0.9, 0.1, 0.8, 0.2],
+    ...                                          [0, 1, 1, 0], n_boot=200)
+    >>> round(d, 3)
+    0.75
+    """
+    sa, sb, y = _as_1d(a), _as_1d(b), _as_1d(labels) > 0.5
+    diff = roc_auc(sa, y) - roc_auc(sb, y)
+    gen = torch.Generator().manual_seed(seed)
+    boot = _bootstrap_aucs(
+        torch.stack([sa, sb])[:, None], y[None], torch.tensor([len(y)]), n_boot, gen
+    )
+    lo, hi = _ci(boot[:, 0, 0] - boot[:, 1, 0], alpha)
+    return diff, (float(lo), float(hi))
+
+
+def _expected_kept_quality(scores: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """Mean quality of the m most confident answers, m = 1..n; ties broken in expectation."""
+    order = np.argsort(-scores, kind="stable")
+    s, q = scores[order], quality[order]
+    n = len(s)
+    # Within a tie group every order is equally likely: each member contributes the group mean.
+    _, start, counts = np.unique(-s, return_index=True, return_counts=True)
+    group_mean = np.repeat(np.add.reduceat(q, start) / counts, counts)
+    return np.cumsum(group_mean) / np.arange(1, n + 1)
+
+
+def rejection_curve(scores: Any, correct: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage and accuracy when keeping only the most confident answers.
+
+    Returns `(coverage, accuracy)`, both of length n: keeping the m = 1..n answers with the
+    highest score, coverage m / n and their accuracy. Risk is 1 - accuracy (the risk-coverage
+    curve). Entries with a nan score are dropped.
+
+    >>> cov, acc = rejection_curve([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 1])
+    >>> [round(float(v), 3) for v in acc]
+    [1.0, 1.0, 1.0, 0.75]
+    """
+    s, q = np.asarray(scores, dtype=float), np.asarray(correct, dtype=float)
+    keep = ~np.isnan(s)
+    s, q = s[keep], q[keep]
+    n = len(s)
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    return np.arange(1, n + 1) / n, _expected_kept_quality(s, q)
+
+
+def accuracy_at_coverage(scores: Any, correct: Any, coverage: float = 0.8) -> float:
+    """Accuracy of the ceil(coverage * n) most confident answers (nan if there are none).
+
+    >>> accuracy_at_coverage([0.9, 0.8, 0.1, 0.2, 0.7], [1, 1, 0, 0, 1], coverage=0.6)
+    1.0
+    """
+    cov, acc = rejection_curve(scores, correct)
+    if len(acc) == 0:
+        return float("nan")
+    m = max(1, int(np.ceil(coverage * len(acc) - 1e-9)))
+    return float(acc[m - 1])
+
+
+def prediction_rejection_ratio(scores: Any, correct: Any) -> float:
+    """PRR: how much of the oracle's gain from rejecting answers the score achieves.
+
+    The area under the accuracy-vs-rejection curve (reject the least confident first, from 0
+    to n - 1 rejected) for the score, minus that of a random order (the base accuracy at every
+    rejection rate), divided by the same for the oracle (rejects every wrong answer first).
+    1 = oracle, 0 = random, < 0 worse than random; nan when all answers are right or all wrong.
+    This is LM-Polygraph's `PredictionRejectionArea` ratio with a 0/1 quality, ties in the
+    score broken in expectation.
+
+    >>> prediction_rejection_ratio([0.9, 0.8, 0.2, 0.1], [1, 1, 0, 0])
+    1.0
+    >>> round(prediction_rejection_ratio([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]), 6)
+    -1.0
+    """
+    s, q = np.asarray(scores, dtype=float), np.asarray(correct, dtype=float)
+    keep = ~np.isnan(s)
+    s, q = s[keep], q[keep]
+    if len(q) == 0 or q.min() == q.max():
+        return float("nan")
+    area = _expected_kept_quality(s, q).mean()
+    oracle = _expected_kept_quality(q, q).mean()
+    rnd = q.mean()
+    return float((area - rnd) / (oracle - rnd))
+
+
+def within_group_auc(scores: Any, labels: Any, groups: Any) -> tuple[float, int, int]:
+    """AUC over pairs (one positive, one negative) that share a group; ties count one half.
+
+    Returns `(auc, n_pairs, n_groups)`, n_groups counting groups with at least one pair. With
+    groups = normalised exact answers, answer identity cannot separate any pair.
+
+    >>> within_group_auc([0.9, 0.1, 0.4, 0.6], [1, 0, 1, 0], ["a", "a", "b", "b"])
+    (0.5, 2, 2)
+    """
+    s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=float) > 0.5
+    g = np.asarray(groups, dtype=object)
+    u = pairs = 0.0
+    n_groups = 0
+    for key in dict.fromkeys(g.tolist()):
+        at = (g == key) & ~np.isnan(s)
+        pos, neg = s[at & y], s[at & ~y]
+        if len(pos) == 0 or len(neg) == 0:
+            continue
+        n_groups += 1
+        diff = pos[:, None] - neg[None, :]
+        u += float((diff > 0).sum() + 0.5 * (diff == 0).sum())
+        pairs += diff.size
+    return (u / pairs if pairs else float("nan")), int(pairs), n_groups
+
+
 # ---------------------------------------------------------------------------------------------
-# Batched L2 logistic regression
+# Folds
 
 
 def stratified_folds(

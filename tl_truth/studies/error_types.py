@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from tl_truth.probing.metrics import bootstrap_auc_ci, roc_auc
 from tl_truth.probing.probe import Probe
-from tl_truth.results import save_outputs
+from tl_truth.results import Result, pyplot_axes
 from tl_truth.studies.resampling import SampleSet
 
 ERROR_TYPES = (
@@ -87,8 +88,12 @@ def error_types(s: SampleSet, t: Thresholds | None = None) -> dict[str, bool]:
 
 
 @dataclass
-class ErrorTypeReport:
-    """Types per question, their distribution per task, and a probe per type."""
+class ErrorTypeReport(Result):
+    """Types per question, their distribution per task, and a probe per type.
+
+    The result protocol (`tl_truth.results.Result`): `save(dir)` writes `error_types.json`,
+    `.md` and `.png`; `ErrorTypeReport.load(dir)` reads it back.
+    """
 
     thresholds: Thresholds
     types: list[dict[str, bool]]  # follows `keys`
@@ -97,13 +102,16 @@ class ErrorTypeReport:
     probes: dict[str, dict] = field(default_factory=dict)  # type -> {auc, ci, n_train, ...}
     cell: dict | None = None  # the (hook, position) the probes read
 
-    def distribution(self) -> dict[str, dict[str, float]]:
+    result_name = "error_types"
+    figsize = (9.0, 3.5)
+
+    def distribution(self) -> dict[str, dict[str, Any]]:
         """Fraction of questions of each type, overall and per task."""
         out = {}
         for task in ["all", *sorted(set(self.tasks))]:
             rows = [t for t, tk in zip(self.types, self.tasks, strict=True) if task in ("all", tk)]
             out[task] = {"n": len(rows)} | {
-                name: round(sum(r[name] for r in rows) / len(rows), 4) if rows else None
+                name: sum(r[name] for r in rows) / len(rows) if rows else None
                 for name in ERROR_TYPES
             }
         return out
@@ -126,31 +134,49 @@ class ErrorTypeReport:
             ],
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> ErrorTypeReport:
+        qs = d["questions"]
+        return cls(
+            Thresholds(**d["thresholds"]),
+            [{name: name in q["types"] for name in ERROR_TYPES} for q in qs],
+            [(q["task"], q["id"]) for q in qs],
+            [q["task"] for q in qs],
+            probes=d.get("probes") or {},
+            cell=d.get("probe_cell"),
+        )
+
     def to_dataframe(self):
+        """One row per (task, type): the fraction of questions; the probe columns on "all"."""
         import pandas as pd
 
         rows = []
         for task, d in self.distribution().items():
             for name in ERROR_TYPES:
-                p = self.probes.get(name, {})
+                p = self.probes.get(name, {}) if task == "all" else {}
+                ci = p.get("ci") or [None, None]
                 rows.append(
                     {
                         "task": task,
                         "type": name,
                         "fraction": d[name],
                         "n": d["n"],
-                        "probe_auc": p.get("auc") if task == "all" else None,
+                        "probe_auc": p.get("auc"),
+                        "probe_ci_low": ci[0],
+                        "probe_ci_high": ci[1],
+                        "n_test_pos": p.get("n_test_pos"),
+                        "reference_auc": p.get("reference_auc"),
                     }
                 )
-        return pd.DataFrame(rows)
+        df = pd.DataFrame(rows)
+        df["n_test_pos"] = df["n_test_pos"].astype("Int64")
+        return df
 
     def plot(self, ax=None):
         """Share of questions per type (per task), with the per-type probe AUC written on top."""
-        import matplotlib.pyplot as plt
-
         dist = self.distribution()
         tasks = [t for t in dist if t != "all"] or ["all"]
-        ax = ax or plt.subplots(figsize=(9, 3.5))[1]
+        ax = pyplot_axes(ax, self.figsize)
         width = 0.8 / len(tasks)
         x = np.arange(len(ERROR_TYPES))
         for i, task in enumerate(tasks):
@@ -166,45 +192,47 @@ class ErrorTypeReport:
         ax.legend(fontsize=7)
         return ax
 
-    def to_markdown(self) -> str:
+    def title(self) -> str:
         t = self.thresholds
-        lines = [
-            f"## Error types (K = {t.k}; most >= {t.half}, competing >= {t.quarter} each, "
-            f"many >= {t.many} answers)",
-            "",
-            "| type | "
-            + " | ".join(self.distribution())
-            + " | probe AUC [95% CI] (n test +) | correctness probe as reference |",
-            "|---|" + "---|" * (len(self.distribution()) + 2),
-        ]
-        dist = self.distribution()
-        for name in ERROR_TYPES:
+        return (
+            f"Error types (K = {t.k}; most >= {t.half}, competing >= {t.quarter} each, "
+            f"many >= {t.many} answers)"
+        )
+
+    def markdown_frame(self):
+        """Types (rows) x tasks (fraction of questions), the type probe and its reference."""
+        import pandas as pd
+
+        df = self.to_dataframe()
+        n = dict(zip(df["task"], df["n"], strict=False))
+        out = pd.DataFrame({"type": list(ERROR_TYPES)})
+        for task in dict.fromkeys(df["task"]):
+            frac = df[df["task"] == task].set_index("type")["fraction"]
+            out[f"{task} (n={n[task]})"] = [frac[name] for name in ERROR_TYPES]
+
+        def probe(name: str) -> str:
             p = self.probes.get(name, {})
-            if p.get("auc") is not None:
-                probe = f"{p['auc']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}] ({p['n_test_pos']})"
-            else:
-                probe = p.get("skipped", "-")
-            cells = " | ".join("-" if d[name] is None else f"{d[name]:.3f}" for d in dist.values())
-            ref = p.get("reference_auc")
-            lines.append(f"| {name} | {cells} | {probe} | {'-' if ref is None else f'{ref:.3f}'} |")
-        n_row = " | ".join(str(d["n"]) for d in dist.values())
-        lines.append(f"| (n questions) | {n_row} | | |")
-        lines.append("")
-        lines.append(f"Questions of no type: {self.untyped()}.")
-        lines.append(
+            if p.get("auc") is None:
+                return p.get("skipped", "-")
+            return f"{p['auc']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}] ({p['n_test_pos']})"
+
+        out["probe AUC [95% CI] (n test +)"] = [probe(name) for name in ERROR_TYPES]
+        ref = [self.probes.get(name, {}).get("reference_auc") for name in ERROR_TYPES]
+        out["correctness probe as reference"] = pd.array(ref, dtype="Float64")
+        return out
+
+    def markdown_notes(self) -> str:
+        lines = [
+            f"Questions of no type: {self.untyped()}.",
             "The reference column scores each type with the correctness probe's P(correct) of "
             "the greedy answer (max(AUC, 1 - AUC)): a type probe shows type information beyond "
-            "correctness only where it beats it."
-        )
+            "correctness only where it beats it.",
+        ]
         if self.cell:
             lines.append(
                 f"Probes read the greedy answer at {self.cell['hook']} / {self.cell['position']}."
             )
-        return "\n".join(lines) + "\n"
-
-    def save(self, out_dir) -> None:
-        """`error_types.json`, `error_types.md` and `error_types.png` in `out_dir`."""
-        save_outputs(out_dir, "error_types", self.to_dict(), self.to_markdown(), self.plot())
+        return "\n\n".join(lines) + "\n"
 
 
 _DEFINITIONS = {
@@ -259,14 +287,11 @@ def type_probes(
         probe = Probe.from_data(X[tr], torch.as_tensor(y[tr]), **probe_kwargs)
         scores = probe.decision_function(X[te]).double().numpy()
         lo, hi = bootstrap_auc_ci(scores, y[te], n_boot=n_boot, seed=seed)
-        out[name] = counts | {
-            "auc": round(roc_auc(scores, y[te]), 4),
-            "ci": [round(float(lo), 4), round(float(hi), 4)],
-        }
+        out[name] = counts | {"auc": roc_auc(scores, y[te]), "ci": [float(lo), float(hi)]}
         if reference_scores is not None:
             keep = te & np.isfinite(ref)
             auc = roc_auc(ref[keep], y[keep])
-            out[name]["reference_auc"] = round(max(auc, 1 - auc), 4)
+            out[name]["reference_auc"] = max(auc, 1 - auc)
     return out
 
 

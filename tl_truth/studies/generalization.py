@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,13 +20,26 @@ from tl_truth.probing.activations import ActivationStore
 from tl_truth.probing.baselines import LOGIT_SCORES, logit_scores
 from tl_truth.probing.grid import fit_probe_grid
 from tl_truth.probing.metrics import bootstrap_auc_ci, roc_auc
-from tl_truth.results import json_safe, save_outputs
+from tl_truth.results import Result, markdown_table
 from tl_truth.studies.main_job import select_cell
+
+PANELS = {
+    "auc": ("probe AUC", "viridis", (0.3, 1.0)),
+    "minus_logit": ("AUC minus logit baseline", "RdBu_r", (-0.3, 0.3)),
+}
+
+
+def _r4(x: float) -> float:
+    return round(x, 4)
 
 
 @dataclass
-class GeneralizationResult:
-    """AUC of the probe trained on `tasks[i]` (row) tested on `tasks[j]` (column)."""
+class GeneralizationResult(Result):
+    """AUC of the probe trained on `tasks[i]` (row) tested on `tasks[j]` (column).
+
+    The result protocol (`tl_truth.results.Result`): `save(dir)` writes `generalization.json`,
+    `.md` and `.png`; `GeneralizationResult.load(dir)` reads it back.
+    """
 
     tasks: list[str]
     skills: dict[str, str]
@@ -38,11 +50,15 @@ class GeneralizationResult:
     n_test: dict[str, dict[str, list[int]]]  # train task -> test task -> [correct, wrong]
     meta: dict = field(default_factory=dict)
 
+    result_name = "generalization"
+
     @property
     def auc_minus_logit(self) -> list[list[float | None]]:
+        """AUC minus the logit baseline's AUC, both as reported (4 places): the difference of
+        the two numbers in the tables, not of their unrounded values."""
         return [
             [
-                None if a is None or b is None else round(a - b, 4)
+                None if a is None or b is None else _r4(_r4(a) - _r4(b))
                 for a, b in zip(ra, rb, strict=True)
             ]
             for ra, rb in zip(self.auc, self.logit_auc, strict=True)
@@ -51,9 +67,10 @@ class GeneralizationResult:
     def skill_summary(self) -> dict:
         """Mean AUC minus logit: diagonal, same skill off-diagonal, across skills."""
         groups: dict[str, list[float]] = {"in_task": [], "same_skill": [], "cross_skill": []}
+        aml = self.auc_minus_logit
         for i, a in enumerate(self.tasks):
             for j, b in enumerate(self.tasks):
-                v = self.auc_minus_logit[i][j]
+                v = aml[i][j]
                 if v is None:
                     continue
                 if i == j:
@@ -63,7 +80,7 @@ class GeneralizationResult:
                 else:
                     groups["cross_skill"].append(v)
         return {
-            k: {"mean": round(float(np.mean(v)), 4) if v else None, "n_pairs": len(v)}
+            k: {"mean": float(np.mean(v)) if v else None, "n_pairs": len(v)}
             for k, v in groups.items()
         }
 
@@ -81,10 +98,24 @@ class GeneralizationResult:
             "meta": self.meta,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> GeneralizationResult:
+        return cls(
+            d["tasks"],
+            d["skills"],
+            d["auc"],
+            d["auc_ci"],
+            d["logit_auc"],
+            d["cells"],
+            d["n_test"],
+            d.get("meta") or {},
+        )
+
     def to_dataframe(self):
         import pandas as pd
 
         rows = []
+        aml = self.auc_minus_logit
         for i, a in enumerate(self.tasks):
             for j, b in enumerate(self.tasks):
                 rows.append(
@@ -95,95 +126,140 @@ class GeneralizationResult:
                         "ci_low": self.ci[i][j][0],
                         "ci_high": self.ci[i][j][1],
                         "logit_auc": self.logit_auc[i][j],
-                        "auc_minus_logit": self.auc_minus_logit[i][j],
+                        "auc_minus_logit": aml[i][j],
                         "same_skill": self.skills[a] == self.skills[b],
                     }
                 )
         return pd.DataFrame(rows)
 
-    def plot(self):
-        """Two heatmaps: AUC, and AUC minus the logit baseline (rows: train, columns: test)."""
+    # -- figure
+
+    @property
+    def figsize(self) -> tuple[float, float]:
+        return (4.2 * 2 + 1, 0.55 * len(self.tasks) + 2.2)
+
+    def _draw(self, ax, kind: str) -> None:
+        title, cmap, lim = PANELS[kind]
+        n = len(self.tasks)
+        m = self.auc if kind == "auc" else self.auc_minus_logit
+        labels = [f"{t}\n({self.skills[t]})" for t in self.tasks]
+        v = np.array([[np.nan if x is None else x for x in r] for r in m], dtype=float)
+        im = ax.imshow(v, cmap=cmap, vmin=lim[0], vmax=lim[1])
+        for i in range(n):
+            for j in range(n):
+                if not np.isnan(v[i, j]):
+                    ax.text(
+                        j,
+                        i,
+                        f"{v[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="w" if cmap == "viridis" and v[i, j] < 0.7 else "k",
+                    )
+        ax.set_xticks(range(n))
+        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(n))
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.set_xlabel("test task")
+        ax.set_ylabel("train task")
+        ax.set_title(title)
+        ax.figure.colorbar(im, ax=ax)
+
+    def plot(self, ax=None, kind: str | None = None):
+        """Heatmaps (rows: train, columns: test) of the AUC (`kind="auc"`) and of the AUC minus
+        the logit baseline (`"minus_logit"`).
+
+        With no `ax`, a new (pyplot) figure holds both panels, or only `kind`; the first Axes is
+        returned. A given `ax` gets one panel (`kind`, default "auc"); a pair of Axes gets both.
+        """
+        if kind is not None and kind not in PANELS:
+            raise ValueError(f"kind must be one of {list(PANELS)}, got {kind!r}")
+        if ax is None:
+            import matplotlib.pyplot as plt
+
+            kinds = [kind] if kind else list(PANELS)
+            w, h = self.figsize
+            fig, axes = plt.subplots(1, len(kinds), figsize=(w * len(kinds) / 2, h), squeeze=False)
+            for a, k in zip(axes[0], kinds, strict=True):
+                self._draw(a, k)
+            fig.tight_layout()
+            return axes[0][0]
+        if isinstance(ax, (list, tuple, np.ndarray)):
+            for a, k in zip(ax, PANELS, strict=False):
+                self._draw(a, k)
+            return ax
+        self._draw(ax, kind or "auc")
+        return ax
+
+    def figure(self):
+        """Both heatmaps side by side (built without pyplot)."""
         from matplotlib.figure import Figure
 
-        n = len(self.tasks)
-        fig = Figure(figsize=(4.2 * 2 + 1, 0.55 * n + 2.2))
-        axes = fig.subplots(1, 2)
-        labels = [f"{t}\n({self.skills[t]})" for t in self.tasks]
-        for ax, (title, m, cmap, lim) in zip(
-            axes,
-            [
-                ("probe AUC", self.auc, "viridis", (0.3, 1.0)),
-                ("AUC minus logit baseline", self.auc_minus_logit, "RdBu_r", (-0.3, 0.3)),
-            ],
-            strict=True,
-        ):
-            v = np.array([[np.nan if x is None else x for x in r] for r in m], dtype=float)
-            im = ax.imshow(v, cmap=cmap, vmin=lim[0], vmax=lim[1])
-            for i in range(n):
-                for j in range(n):
-                    if not np.isnan(v[i, j]):
-                        ax.text(
-                            j,
-                            i,
-                            f"{v[i, j]:.2f}",
-                            ha="center",
-                            va="center",
-                            fontsize=7,
-                            color="w" if cmap == "viridis" and v[i, j] < 0.7 else "k",
-                        )
-            ax.set_xticks(range(n))
-            ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
-            ax.set_yticks(range(n))
-            ax.set_yticklabels(labels, fontsize=7)
-            ax.set_xlabel("test task")
-            ax.set_ylabel("train task")
-            ax.set_title(title)
-            fig.colorbar(im, ax=ax)
+        fig = Figure(figsize=self.figsize)
+        for a, k in zip(fig.subplots(1, 2), PANELS, strict=True):
+            self._draw(a, k)
         fig.tight_layout()
         return fig
 
-    def to_markdown(self) -> str:
+    # -- markdown
+
+    def title(self) -> str:
+        return "Generalisation: probe AUC (rows train, columns test)"
+
+    def _order(self) -> list[str]:
+        return sorted(self.tasks, key=lambda t: (self.skills[t], self.tasks.index(t)))
+
+    def _matrix(self, column: str):
+        """`to_dataframe()[column]` as train (rows) x test (columns), tasks grouped by skill."""
+        import pandas as pd
+
+        df = self.to_dataframe().set_index(["train", "test"])[column]
+        order = self._order()
+        out = pd.DataFrame({"train \\ test": order})
+        for t in order:
+            out[f"{t} ({self.skills[t]})"] = [df[(a, t)] for a in order]
+        return out
+
+    def markdown_frame(self):
+        return self._matrix("auc")
+
+    def markdown_notes(self) -> str:
+        import pandas as pd
+
         def f(x):
             return "-" if x is None else f"{x:.3f}"
 
-        order = sorted(self.tasks, key=lambda t: (self.skills[t], self.tasks.index(t)))
-        idx = [self.tasks.index(t) for t in order]
-        head = "| train \\ test | " + " | ".join(f"{t} ({self.skills[t]})" for t in order) + " |"
-        sep = "|---|" + "---|" * len(order)
-        lines = ["## Generalisation: probe AUC (rows train, columns test)", "", head, sep]
-        for i in idx:
-            lines.append(
-                f"| {self.tasks[i]} | " + " | ".join(f(self.auc[i][j]) for j in idx) + " |"
-            )
-        lines += ["", "## AUC minus the logit baseline on the same test rows", "", head, sep]
-        lines.insert(
-            len(lines) - 2,
-            "Baseline per test task (best logit aggregation on its train split): "
-            + ", ".join(f"{t} {self.meta.get('logit_baseline', {}).get(t)}" for t in order)
-            + "\n",
-        )
-        aml = self.auc_minus_logit
-        for i in idx:
-            lines.append(f"| {self.tasks[i]} | " + " | ".join(f(aml[i][j]) for j in idx) + " |")
-        lines += [
+        order = self._order()
+        baseline = self.meta.get("logit_baseline", {})
+        lines = [
+            "## AUC minus the logit baseline on the same test rows",
             "",
-            "| task | skill | its probe's cell (train CV AUC) | own test AUC [95% CI] | "
-            "own test correct / wrong |",
-            "|---|---|---|---|---|",
+            "Baseline per test task (best logit aggregation on its train split): "
+            + ", ".join(f"{t} {baseline.get(t)}" for t in order),
+            "",
+            markdown_table(self._matrix("auc_minus_logit")),
         ]
+        rows = []
         for t in order:
             c, i = self.cells[t], self.tasks.index(t)
-            where = (
-                f"{c['hook']} / {c['position']} ({c['cv_auc']:.3f})"
-                if "hook" in c
-                else f"no probe: {c.get('skipped', '-')}"
-            )
-            lo, hi = self.ci[i][i]
-            own = "-" if self.auc[i][i] is None else f"{self.auc[i][i]:.3f} [{lo:.3f}, {hi:.3f}]"
             n = self.n_test.get(t, {}).get(t)
-            counts = f"{n[0]} / {n[1]}" if n else "-"
-            lines.append(f"| {t} | {self.skills[t]} | {where} | {own} | {counts} |")
-        lines.append("")
+            lo, hi = self.ci[i][i]
+            rows.append(
+                {
+                    "task": t,
+                    "skill": self.skills[t],
+                    "its probe's cell (train CV AUC)": f"{c['hook']} / {c['position']} "
+                    f"({c['cv_auc']:.3f})"
+                    if "hook" in c
+                    else f"no probe: {c.get('skipped', '-')}",
+                    "own test AUC [95% CI]": "-"
+                    if self.auc[i][i] is None
+                    else f"{self.auc[i][i]:.3f} [{lo:.3f}, {hi:.3f}]",
+                    "own test correct / wrong": f"{n[0]} / {n[1]}" if n else "-",
+                }
+            )
+        lines.append(markdown_table(pd.DataFrame(rows)))
         lines.append(
             "Empty cells: no probe for the row's task, or fewer than 5 correct or wrong "
             "test answers with that probe's position in the column's task."
@@ -196,10 +272,11 @@ class GeneralizationResult:
         ]
         return "\n".join(lines) + "\n"
 
-    def save(self, out_dir: str | Path) -> Path:
-        return save_outputs(
-            out_dir, "generalization", self.to_dict(), self.to_markdown(), self.plot()
-        )
+
+def _value(x: float) -> float | None:
+    """A metric as stored: NaN (e.g. one class only) -> None."""
+    x = float(x)
+    return None if np.isnan(x) else x
 
 
 def _train_best_logit(logits: dict[str, np.ndarray], y: np.ndarray, rows: np.ndarray) -> str | None:
@@ -317,13 +394,13 @@ def generalization_matrix(
             if min(n_test[a][b]) < min_per_class:
                 continue  # an AUC on a handful of examples of one class means little
             scores = probe.decision_function(acts[rows, h, p]).double().numpy()
-            auc[i][j] = json_safe(roc_auc(scores, yb))
+            auc[i][j] = _value(roc_auc(scores, yb))
             lo, hi = bootstrap_auc_ci(scores, yb, n_boot=n_boot, seed=seed)
-            ci[i][j] = [json_safe(lo), json_safe(hi)]
+            ci[i][j] = [_value(lo), _value(hi)]
             r = rows.numpy()
             name = baseline[b]
             if name is not None and not np.isnan(logits[name][r]).any():
-                logit_auc[i][j] = json_safe(roc_auc(logits[name][r], yb))
+                logit_auc[i][j] = _value(roc_auc(logits[name][r], yb))
     return GeneralizationResult(
         tasks,
         skills,

@@ -17,23 +17,31 @@ from typing import Any
 import numpy as np
 import torch
 
+from tl_truth.answers.exact_answer import Locate
 from tl_truth.answers.generation import GenerationConfig, same_generation_settings
 from tl_truth.answers.positions import NAMED_POSITIONS
 from tl_truth.answers.prompts import PromptFormat
-from tl_truth.answers.run import AnswerRun, answer_questions
+from tl_truth.answers.run import AnswerRun, answer_questions, relocate
 from tl_truth.data.questions import QADataset
 from tl_truth.probing.activations import ActivationStore, capture, default_hooks
 from tl_truth.probing.baselines import evaluate_baselines, logit_scores, p_true_scores
 from tl_truth.probing.grid import ProbeGrid, fit_probe_grid
-from tl_truth.results import json_safe
+from tl_truth.results import Result, markdown_table
+from tl_truth.studies.artefacts import EMBED_HOOK, artefact_report
 
 EXACT_POSITIONS = ("before_exact", "exact_first", "exact_last", "after_exact")
 LAST_TOKEN_POSITIONS = ("last_generated", "last_prompt")
 
 
 @dataclass
-class ProbeReport:
-    """Everything `tl-truth run` measured; `to_dict()` is report.json."""
+class ProbeReport(Result):
+    """Everything `tl-truth run` measured; `to_json()` is report.json.
+
+    The result protocol (`tl_truth.results.Result`): `save(dir)` writes `report.json`,
+    `report.md`, `probe_grid.png` and the best exact-answer probe (`best_probe.*`);
+    `ProbeReport.load(dir)` reads report.json back (its grid holds the metrics, not the
+    probes' weights: load `best_probe` with `Probe.load` for that).
+    """
 
     summary: dict
     grid: ProbeGrid
@@ -41,10 +49,15 @@ class ProbeReport:
     selected: dict  # position group -> the cell chosen by train CV and its test AUC
     timings: dict = field(default_factory=dict)
     same_examples: dict | None = None  # every method on the test examples with an exact answer
+    artefacts: dict | None = None  # controls, permutation null, PRR: `studies.artefacts`
+
+    result_name = "report"
+    figure_name = "probe_grid"
+    json_ensure_ascii = True  # report.json has always been ASCII
 
     def to_dict(self) -> dict:
         g = self.grid
-        nan_to_none = _nan_to_none
+        a = self.artefacts or {}
         return {
             "model": self.summary["model"],
             "dataset": self.summary["dataset"]["name"],
@@ -56,23 +69,71 @@ class ProbeReport:
             "hooks": g.hooks,
             "layers": g.layers,
             "positions": g.positions,
-            "auc": nan_to_none(g.auc),
-            "auc_ci_low": nan_to_none(g.auc_ci_low),
-            "auc_ci_high": nan_to_none(g.auc_ci_high),
-            "auc_mean_diff": nan_to_none(g.auc_mean_diff),
-            "auc_shuffled": nan_to_none(g.auc_shuffled),
+            "auc": _grid_list(g.auc),
+            "auc_ci_low": _grid_list(g.auc_ci_low),
+            "auc_ci_high": _grid_list(g.auc_ci_high),
+            "auc_mean_diff": _grid_list(g.auc_mean_diff),
+            "auc_shuffled": _grid_list(g.auc_shuffled),
             "n_test_per_cell": np.asarray(g.n_test).tolist(),
             "best": self.selected["exact"],
             "selected": self.selected,
             "baselines": self.baselines,
+            "locate": self.summary.get("locate", "paper"),
+            "located_rate": self.summary.get("located_rate"),
+            **{k: a.get(k) for k in ARTEFACT_KEYS},
             "shuffled_control": {
-                "auc": (self.selected["exact"] or {}).get("auc_shuffled"),
-                "auc_grid_mean": _nanmean(g.auc_shuffled),
+                # the mean of the permutation null (one shuffled draw is too noisy to read)
+                "auc": (a.get("permutation") or {}).get("null_mean"),
+                "single_draw_auc": (self.selected["exact"] or {}).get("auc_shuffled"),
+                # a report read back from report.json keeps the mean of the unrounded grid
+                "auc_grid_mean": g.metadata.get("auc_shuffled_mean", _nanmean(g.auc_shuffled)),
             },
             "same_examples": self.same_examples,
             "per_task": self.summary["per_task"],
             "timings": self.timings,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ProbeReport:
+        """A report from report.json: the grid has its metrics, not its probes."""
+        summary = {
+            "model": d["model"],
+            "dataset": {"name": d["dataset"]},
+            "n": d["n_examples"],
+            "splits": {"train": d["n_train"], "test": d["n_test"]},
+            "accuracy": d["accuracy"],
+            "exact_answer_rate": d["exact_answer_rate"],
+            "per_task": d.get("per_task", {}),
+            "locate": d.get("locate", "paper"),
+            "located_rate": d.get("located_rate"),
+        }
+        grid = ProbeGrid.from_dict(
+            {
+                "hooks": d["hooks"],
+                "layers": d["layers"],
+                "positions": d["positions"],
+                "kind": "logistic",  # `tl-truth run` fits logistic probes
+                "auc": d["auc"],
+                "auc_ci_low": d["auc_ci_low"],
+                "auc_ci_high": d["auc_ci_high"],
+                "auc_mean_diff": d["auc_mean_diff"],
+                "auc_shuffled": d["auc_shuffled"],
+                "n_test": d["n_test_per_cell"],
+                "model": d["model"],
+                "metadata": {
+                    "auc_shuffled_mean": (d.get("shuffled_control") or {}).get("auc_grid_mean")
+                },
+            }
+        )
+        return cls(
+            summary,
+            grid,
+            d["baselines"],
+            d["selected"],
+            d.get("timings") or {},
+            d.get("same_examples"),
+            {k: d.get(k) for k in ARTEFACT_KEYS} if d.get("controls") else None,
+        )
 
     def headline(self) -> list[tuple[str, str, float | None, list | None, int | None]]:
         """(method, where, auc, ci, n_test) rows, best first within each group."""
@@ -100,9 +161,31 @@ class ProbeReport:
             )
             rows.append(
                 (
-                    "shuffled-label control, same cell",
+                    "one shuffled-label draw, same cell (noisy: see the permutation null)",
                     f"{ex['hook']} / {ex['position']}",
                     ex.get("auc_shuffled"),
+                    None,
+                    ex["n_test"],
+                )
+            )
+        a = self.artefacts or {}
+        if ex and a.get("controls"):
+            where = f"{ex['hook']} / {ex['position']} examples"
+            for name, label in (
+                ("answer_prior", "control: P(correct | exact answer string), train lookup"),
+                ("task_prior", "control: P(correct | task), train lookup"),
+                ("embedding", "control: probe on the token embedding"),
+            ):
+                c = a["controls"].get(name)
+                if c:
+                    rows.append((label, where, c["auc"], c["ci"], c["n"]))
+        if ex and a.get("permutation"):
+            perm = a["permutation"]
+            rows.append(
+                (
+                    f"permutation null mean ({perm['n']} permutations, cell re-selected)",
+                    f"95th percentile {fmt_value(perm['null_p95'])}",
+                    perm["null_mean"],
                     None,
                     ex["n_test"],
                 )
@@ -111,45 +194,155 @@ class ProbeReport:
             rows.append((name, "", b["auc"], b["ci"], b["n"]))
         return rows
 
-    def to_markdown(self) -> str:
+    def to_dataframe(self):
+        """The headline: one row per method (probes at their chosen cells, baselines)."""
+        import pandas as pd
+
+        rows = [
+            {
+                "method": method,
+                "where": where,
+                "auc": _float(auc),
+                "ci_low": _float(ci[0]) if ci else None,
+                "ci_high": _float(ci[1]) if ci else None,
+                "n_test": n,
+            }
+            for method, where, auc, ci, n in self.headline()
+        ]
+        df = pd.DataFrame(rows, columns=["method", "where", "auc", "ci_low", "ci_high", "n_test"])
+        df["n_test"] = df["n_test"].astype("Int64")
+        return df
+
+    def title(self) -> str:
         s = self.summary
-        lines = [
-            f"# tl_truth report: {s['model']['name']} on {s['dataset']['name']}",
+        return f"tl_truth report: {s['model']['name']} on {s['dataset']['name']}"
+
+    def markdown_frame(self):
+        df = self.to_dataframe()
+        ci = [_fmt_ci([lo, hi]) for lo, hi in zip(df["ci_low"], df["ci_high"], strict=True)]
+        return df.assign(ci=ci)[["method", "where", "auc", "ci", "n_test"]].set_axis(
+            ["method", "where", "AUC", "95% CI", "n test"], axis=1
+        )
+
+    def markdown_notes(self) -> str:
+        import pandas as pd
+
+        s = self.summary
+        lines = _artefact_lines(self.artefacts, s) + [
+            "Error detection on the test split (ROC AUC of P(answer is correct); 95% bootstrap "
+            "CI). Probe cells are chosen by 3-fold cross-validation on the train split only.",
             "",
             f"{s['n']} questions ({s['splits'].get('train', 0)} train / "
             f"{s['splits'].get('test', 0)} test), greedy accuracy {s['accuracy']:.3f}, "
             f"exact answer located for {s['exact_answer_rate']:.1%}. "
             f"Backend `{s['model']['backend']}`, weights `{s['model']['processing']}`, "
             f"fingerprint `{s['model']['fingerprint']}`.",
-            "",
-            "Error detection on the test split (ROC AUC of P(answer is correct); 95% bootstrap "
-            "CI). Probe cells are chosen by 3-fold cross-validation on the train split only.",
-            "",
-            "| method | where | AUC | 95% CI | n test |",
-            "|---|---|---|---|---|",
         ]
-        for method, where, auc, ci, n in self.headline():
-            lines.append(
-                f"| {method} | {where} | {fmt_value(auc)} | {_fmt_ci(ci)} | {n if n is not None else ''} |"
-            )
         if self.same_examples:
+            same = pd.DataFrame(
+                [
+                    {
+                        "method": name,
+                        "AUC": _float(b["auc"]),
+                        "95% CI": _fmt_ci(b["ci"]),
+                        "PRR": _float(((self.artefacts or {}).get("prr") or {}).get(name)),
+                        "acc @ 80% cov.": _float(
+                            ((self.artefacts or {}).get("accuracy_at_80_coverage") or {}).get(name)
+                        ),
+                    }
+                    for name, b in self.same_examples["auc"].items()
+                ],
+                columns=["method", "AUC", "95% CI", "PRR", "acc @ 80% cov."],
+            )
             lines += [
                 "",
                 f"The same methods on the same {self.same_examples['n']} test examples (those "
                 "with a located exact answer):",
                 "",
-                "| method | AUC | 95% CI |",
-                "|---|---|---|",
+                markdown_table(same),
             ]
-            for name, b in self.same_examples["auc"].items():
-                lines.append(f"| {name} | {fmt_value(b['auc'])} | {_fmt_ci(b['ci'])} |")
         lines += ["", "![probe grid](probe_grid.png)", ""]
         t = self.timings
         lines.append("Timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
         return "\n".join(lines) + "\n"
 
-    def plot(self):
-        return self.grid.plot()
+    @property
+    def figsize(self) -> tuple[float, float]:
+        return self.grid.figsize
+
+    def plot(self, ax=None):
+        """The probe grid's test AUC heatmap (`ProbeGrid.plot`)."""
+        return self.grid.plot(ax=ax)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """report.json, report.md, probe_grid.png and the best probe (`best_probe.*`)."""
+        out = super().save(out_dir)
+        best = self.selected.get("exact") or self.selected.get("any")
+        if best and self.grid.has_weights:
+            self.grid.probe(best["hook"], best["position"]).save(out / "best_probe")
+        return out
+
+
+ARTEFACT_KEYS = (
+    "controls",
+    "beyond_artefacts",
+    "per_task_auc",
+    "permutation",
+    "prr",
+    "accuracy_at_80_coverage",
+    "risk_coverage",
+)
+
+
+def _artefact_lines(a: dict | None, summary: dict) -> list[str]:
+    """The report's lead: the probe's AUC beyond its strongest artefact, and the caveats."""
+    lines = []
+    rate = summary.get("located_rate") or {}
+    if rate.get("correct") is not None and rate.get("incorrect") is not None:
+        lines.append(
+            f"Exact answer located (`--locate {summary.get('locate', 'paper')}`) for "
+            f"{rate['correct']:.1%} of right and {rate['incorrect']:.1%} of wrong answers."
+            + (f" **Warning:** {rate['warning']}." if rate.get("warning") else "")
+        )
+        lines.append("")
+    if not a or not a.get("beyond_artefacts"):
+        return lines
+    b = a["beyond_artefacts"]
+    if b.get("auc_diff") is not None:
+        lo, hi = b["ci"] if b["ci"][0] is not None else (float("nan"), float("nan"))
+        verdict = (
+            "beyond its artefacts"
+            if lo > 0
+            else "**not** distinguishable from its strongest artefact"
+        )
+        lines.append(
+            f"**Beyond artefacts: {b['auc_diff']:+.3f} AUC** [{lo:+.3f}, {hi:+.3f}] "
+            f"(probe {b['auc']:.3f} vs `{b['against']}` {b['against_auc']:.3f} on the same "
+            f"{b['n']} test answers): the probe is {verdict}."
+        )
+    w = (a.get("controls") or {}).get("within_answer") or {}
+    if w.get("n_pairs"):
+        lines.append(
+            f"Within answer (right vs wrong answers naming the same exact answer, "
+            f"{w['n_pairs']} pairs in {w['n_groups']} groups): probe AUC "
+            f"{fmt_value(b['within_answer_auc'])} {_fmt_ci(b['within_answer_ci'])}."
+        )
+    perm = a.get("permutation")
+    if perm:
+        lines.append(
+            f"Permutation null ({perm['n']} permutations of the train labels, cell re-selected): "
+            f"mean {fmt_value(perm['null_mean'])}, 95th percentile {fmt_value(perm['null_p95'])}, "
+            f"p = {perm['p_value']:.3g}."
+        )
+    unseen = (a.get("controls") or {}).get("unseen_answers") or {}
+    if unseen:
+        lines.append(
+            f"Unseen answers (never in train): {unseen['n']} ({unseen['n_correct']} right, "
+            f"{unseen['n_incorrect']} wrong)"
+            + (f"; {unseen['note']}" if unseen.get("note") else "")
+            + "."
+        )
+    return lines + [""]
 
 
 def fmt_value(v: float | None) -> str:
@@ -162,14 +355,18 @@ def _fmt_ci(ci: Any) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def _nan_to_none(a: Any) -> Any:
-    arr = np.asarray(a, dtype=float)
-    return [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in arr]
+def _float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _grid_list(a: Any) -> list[list[float]]:
+    """An [H, P] array as nested lists at full precision (NaN stays NaN: null in the JSON)."""
+    return [[float(v) for v in row] for row in np.asarray(a, dtype=float)]
 
 
 def _nanmean(a: Any) -> float | None:
     arr = np.asarray(a, dtype=float)
-    return None if np.all(np.isnan(arr)) else round(float(np.nanmean(arr)), 4)
+    return None if np.all(np.isnan(arr)) else float(np.nanmean(arr))
 
 
 def select_cell(grid: ProbeGrid, positions: tuple[str, ...]) -> dict | None:
@@ -185,7 +382,7 @@ def select_cell(grid: ProbeGrid, positions: tuple[str, ...]) -> dict | None:
 
     def at(a):
         v = float(np.asarray(a, dtype=float)[h, p])
-        return None if np.isnan(v) else round(v, 4)
+        return None if np.isnan(v) else v
 
     return {
         "hook": best["hook"],
@@ -209,11 +406,17 @@ def probe_report(
     p_true: bool = True,
     seed: int = 0,
     progress: bool = True,
+    n_perm: int = 100,
 ) -> ProbeReport:
-    """Fit the probe grid on a captured store and compare with the baselines."""
+    """Fit the probe grid on a captured store; compare with the baselines and the controls.
+
+    The token-embedding hook (captured for the embedding control) is not part of the grid.
+    `n_perm` label permutations give the null of the selected exact-answer cell (0: none).
+    """
     records = run.records
     t0 = time.perf_counter()
-    acts, valid = store.load()
+    grid_hooks = [h for h in store.hooks if h != EMBED_HOOK]
+    acts, valid = store.load(hooks=grid_hooks)
     labels = store.labels
     train, test = store.split_mask("train"), store.split_mask("test")
     grid = fit_probe_grid(
@@ -221,7 +424,7 @@ def probe_report(
         labels,
         train,
         test,
-        store.hooks,
+        grid_hooks,
         store.positions,
         valid=valid,
         n_boot=n_boot,
@@ -249,13 +452,34 @@ def probe_report(
         "any": select_cell(grid, tuple(store.positions)),
     }
     same = same_examples(grid, selected, acts, valid, store, scores, n_boot, seed)
+    t2 = time.perf_counter()
+    artefacts = artefact_report(
+        grid,
+        store,
+        records,
+        selected,
+        acts,
+        valid,
+        scores,
+        EXACT_POSITIONS,
+        n_boot=n_boot,
+        n_perm=n_perm,
+        seed=seed,
+        progress=progress,
+    )
+    t_controls = time.perf_counter() - t2
     return ProbeReport(
         run.summary,
         grid,
         baselines,
         selected,
-        {"probe_s": round(t_probe, 2), "baselines_s": round(t_base, 2)},
+        {
+            "probe_s": round(t_probe, 2),
+            "baselines_s": round(t_base, 2),
+            "controls_s": round(t_controls, 2),
+        },
         same_examples=same,
+        artefacts=artefacts,
     )
 
 
@@ -276,7 +500,7 @@ def same_examples(grid, selected, acts, valid, store, scores, n_boot, seed) -> d
         cell = selected.get(group)
         if cell is None:
             continue
-        h, p = store.hooks.index(cell["hook"]), store.positions.index(cell["position"])
+        h, p = grid.hooks.index(cell["hook"]), grid.positions.index(cell["position"])
         probe = grid.probe(cell["hook"], cell["position"])
         full = np.full(len(store), np.nan)
         full[rows.numpy()] = probe.decision_function(acts[rows, h, p]).double().numpy()
@@ -300,8 +524,28 @@ def run_all(
     p_true: bool = True,
     extract_with_model: bool = True,
     progress: bool = True,
+    locate: Locate = "blind",
+    n_perm: int = 100,
 ) -> ProbeReport:
-    """`tl-truth run`: everything, written to `out_dir` (reuses finished generations/shards)."""
+    """`tl-truth run`: everything, written to `out_dir` (reuses finished generations/shards).
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        dataset: the questions.
+        out_dir: where generations.jsonl, activations/, report.* and best_probe.* go.
+        config: generation settings; fmt: the prompt format.
+        hooks: hooks to probe (default: every layer's resid_post); the token embedding is
+            always captured too, for the embedding control.
+        positions: named positions to capture.
+        n_boot: bootstrap replicates for every CI.
+        p_true: run the p(True) baseline (one extra forward pass per test answer).
+        extract_with_model: the model-based exact-answer extraction fallback.
+        locate: "blind" (default) or "paper": how the exact answer is located.
+        n_perm: label permutations for the selected cell's null (0: none).
+
+    Returns:
+        The `ProbeReport` (also saved to `out_dir`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -314,8 +558,18 @@ def run_all(
                 f"{out} holds generations made with other settings "
                 f"({run.summary.get('generation')}); use another --out or delete it"
             )
+        if run.summary.get("locate", "paper") != locate:
+            # same answers, another locator: locate again (no generation), keep the old file
+            old = run.summary.get("locate", "paper")
+            gen_file.replace(out / f"generations.locate-{old}.jsonl")
+            if (out / "activations").exists():  # captured at the old positions
+                (out / "activations").replace(out / f"activations.locate-{old}")
+            run = relocate(model, dataset, run, locate, extract_with_model, config.batch_size)
+            run.save(out)
     else:
-        run = answer_questions(model, dataset, config, fmt, extract_with_model, progress)
+        run = answer_questions(
+            model, dataset, config, fmt, extract_with_model, progress, locate=locate
+        )
         run.save(out)
     t_gen = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -323,12 +577,14 @@ def run_all(
         model,
         run.records,
         out / "activations",
-        hooks=hooks or default_hooks(model),
+        hooks=[EMBED_HOOK, *[h for h in (hooks or default_hooks(model)) if h != EMBED_HOOK]],
         positions=positions,
         progress=progress,
     )
     t_cap = time.perf_counter() - t1
-    report = probe_report(model, run, store, n_boot=n_boot, p_true=p_true, progress=progress)
+    report = probe_report(
+        model, run, store, n_boot=n_boot, p_true=p_true, progress=progress, n_perm=n_perm
+    )
     report.timings = {"generate_s": round(t_gen, 2), "capture_s": round(t_cap, 2), **report.timings}
     save_report(report, out)
     return report
@@ -340,18 +596,6 @@ def _same_questions(gen_file: Path, dataset: QADataset) -> bool:
     return ids == [(q.task, q.id) for q in dataset.questions]
 
 
-def save_report(report: ProbeReport, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    (out / "report.json").write_text(json.dumps(json_safe(report.to_dict()), indent=2))
-    (out / "report.md").write_text(report.to_markdown())
-    fig = report.grid.plot()
-    fig = getattr(fig, "figure", fig)
-    fig.savefig(out / "probe_grid.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    best = report.selected.get("exact") or report.selected.get("any")
-    if best:
-        report.grid.probe(best["hook"], best["position"]).save(out / "best_probe")
+def save_report(report: ProbeReport, out: str | Path) -> Path:
+    """`report.save(out)`: report.json, report.md, probe_grid.png and best_probe.*."""
+    return report.save(out)

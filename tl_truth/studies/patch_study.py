@@ -15,7 +15,6 @@ like with like.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from tl_truth.answers.positions import resolve_position
 from tl_truth.intervention.patching import PatchResult, logit_metric, patch_metrics, probe_metric
 from tl_truth.models import model_device
 from tl_truth.probing.probe import Probe
-from tl_truth.results import json_safe
+from tl_truth.results import Result, json_safe
 from tl_truth.studies.resampling import SampleSet
 
 ALIGNED_POSITIONS = (
@@ -138,13 +137,22 @@ def patch_pair(
 
 
 @dataclass
-class PatchStudy:
-    """Per-question patching results and their average over questions."""
+class PatchStudy(Result):
+    """Per-question patching results and their average over questions.
+
+    The result protocol (`tl_truth.results.Result`): `save(dir)` writes `patching.json`,
+    `patching.md`, `patching_average.png` and `patching_examples/*.png`;
+    `PatchStudy.load(dir)` reads it back (per-question grids at 4 places).
+    """
 
     results: list[PatchResult]
     pairs: list[dict]  # question, wrong and right answers per result
     probe: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+
+    result_name = "patching"
+    figure_name = "patching_average"
+    dpi = 110
 
     def average(self) -> PatchResult:
         """NaN-aware mean over questions (a missing aligned position is left out)."""
@@ -203,10 +211,10 @@ class PatchStudy:
             corr = [getattr(r, f"corrupted_{metric}") for r in self.results]
             gap = self.gap_closed(metric)
             block = {
-                "clean_mean": round(float(np.mean(clean)), 4),
-                "corrupted_mean": round(float(np.mean(corr)), 4),
-                "clean_higher_fraction": round(
-                    float(np.mean([c > w for c, w in zip(clean, corr, strict=True)])), 4
+                "clean_mean": float(np.mean(clean)),
+                "corrupted_mean": float(np.mean(corr)),
+                "clean_higher_fraction": float(
+                    np.mean([c > w for c, w in zip(clean, corr, strict=True)])
                 ),
             }
             if gap is not None and np.isfinite(gap).any():
@@ -214,13 +222,55 @@ class PatchStudy:
                 block["best_cell"] = {
                     "layer": avg.layers[i],
                     "position": ALIGNED_POSITIONS[j],
-                    "gap_closed": round(float(gap[i, j]), 4),
+                    "gap_closed": float(gap[i, j]),
                 }
-                block["gap_closed"] = json_safe(gap.tolist())
+                block["gap_closed"] = gap.tolist()
             out[metric] = block
         return out
 
+    def to_dict(self) -> dict:
+        """`{"summary", "meta", "examples"}`: each example is its pair (question, answers) and
+        its `PatchResult` values."""
+        return {
+            "summary": self.summary(),
+            "meta": self.meta,
+            "examples": [p | _values(r) for r, p in zip(self.results, self.pairs, strict=True)],
+        }
+
+    def to_json(self) -> dict:
+        """patching.json: the summary and the per-question grids at 4 places; the baselines
+        (`clean_*`, `corrupted_*`) and `meta` as they are."""
+        d = self.to_dict()
+        return {
+            "summary": json_safe(d["summary"]),
+            "meta": d["meta"],
+            "examples": [
+                ex | {k: json_safe(ex[k]) for k in ("probe_score", "answer_logit")}
+                for ex in d["examples"]
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PatchStudy:
+        summary = d["summary"]
+        results, pairs = [], []
+        for ex in d["examples"]:
+            results.append(
+                PatchResult.from_dict(
+                    {k: ex[k] for k in _RESULT_KEYS}
+                    | {
+                        "hook_kind": summary["hook_kind"],
+                        "positions": list(range(len(ALIGNED_POSITIONS))),
+                        "labels": list(ALIGNED_POSITIONS),
+                        "layers": summary["layers"],
+                    }
+                )
+            )
+            pairs.append({k: v for k, v in ex.items() if k not in _RESULT_KEYS})
+        return cls(results, pairs, probe=summary.get("probe", {}), meta=d.get("meta", {}))
+
     def to_dataframe(self):
+        """One row per (question, layer, aligned position)."""
         import pandas as pd
 
         frames = []
@@ -231,91 +281,80 @@ class PatchStudy:
             frames.append(df)
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-    def plot(self, title: str | None = None):
-        """Average heatmaps (probe score, answer logit) over the patched questions."""
-        return self.average().plot(
-            title=title
-            or f"clean (right sample) -> corrupted (wrong greedy), "
+    # -- figures
+
+    def _title(self) -> str:
+        return (
+            "clean (right sample) -> corrupted (wrong greedy), "
             f"mean of {len(self.results)} questions"
         )
 
-    def to_markdown(self) -> str:
+    @property
+    def figsize(self) -> tuple[float, float]:
+        return self.average().figsize
+
+    def plot(self, ax=None, title: str | None = None, metric: str | None = None):
+        """Average heatmaps (probe score, answer logit) over the patched questions; see
+        `PatchResult.plot`."""
+        return self.average().plot(ax=ax, title=title or self._title(), metric=metric)
+
+    def figure(self, title: str | None = None):
+        """Both average heatmaps on a new Figure (built without pyplot)."""
+        return self.average().figure(title=title or self._title())
+
+    # -- markdown
+
+    def title(self) -> str:
+        return f"Activation patching on {len(self.results)} 'knows more than it shows' questions"
+
+    def markdown_frame(self):
+        """Per read-out: corrupted and clean means, and the cell that closes most of the gap."""
+        import pandas as pd
+
         s = self.summary()
-        lines = [
-            f"## Activation patching on {s['n_questions']} 'knows more than it shows' questions",
-            "",
-            f"Patched {s['hook_kind']} at layers {s['layers']} x positions "
-            f"{', '.join(s['positions'])} (aligned on each run's exact answer); probe "
-            f"{self.probe.get('hook')} / {self.probe.get('position')}.",
-            "",
-            "| read-out | corrupted (wrong greedy) | clean (right sample) | clean higher | "
-            "best cell: gap closed |",
-            "|---|---|---|---|---|",
-        ]
+        rows = []
         for metric in ("probe_score", "answer_logit"):
             b = s[metric]
             best = b.get("best_cell")
-            where = (
-                f"layer {best['layer']} / {best['position']}: {best['gap_closed']:.2f}"
-                if best
-                else "-"
+            rows.append(
+                {
+                    "read-out": metric,
+                    "corrupted (wrong greedy)": b["corrupted_mean"],
+                    "clean (right sample)": b["clean_mean"],
+                    "clean higher": f"{b['clean_higher_fraction']:.2f}",
+                    "best cell": f"layer {best['layer']} / {best['position']}" if best else None,
+                    "gap closed": f"{best['gap_closed']:.2f}" if best else None,
+                }
             )
-            lines.append(
-                f"| {metric} | {b['corrupted_mean']:.3f} | {b['clean_mean']:.3f} | "
-                f"{b['clean_higher_fraction']:.2f} | {where} |"
-            )
-        return "\n".join(lines) + "\n"
+        return pd.DataFrame(rows)
+
+    def markdown_notes(self) -> str:
+        s = self.summary()
+        return (
+            f"{s['n_questions']} questions answered wrong greedily and right in a sample "
+            f"('knows more than it shows'). Patched {s['hook_kind']} at layers {s['layers']} x "
+            f"positions {', '.join(s['positions'])} (aligned on each run's exact answer); probe "
+            f"{self.probe.get('hook')} / {self.probe.get('position')}.\n"
+        )
+
+    # -- files
 
     def save(self, out_dir: str | Path, max_example_plots: int = 8) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        out = Path(out_dir)
+        """patching.json, patching.md, patching_average.png and up to `max_example_plots`
+        per-question figures in patching_examples/."""
+        out = super().save(out_dir)
         (out / "patching_examples").mkdir(parents=True, exist_ok=True)
-        doc = {
-            "summary": self.summary(),
-            "meta": self.meta,
-            "examples": [
-                p | _result_dict(r) for r, p in zip(self.results, self.pairs, strict=True)
-            ],
-        }
-        (out / PATCHING_FILE).write_text(json.dumps(doc, indent=2, ensure_ascii=False))
-        (out / "patching.md").write_text(self.to_markdown())
-        self.plot().savefig(out / "patching_average.png", dpi=110, bbox_inches="tight")
         for i, (r, p) in enumerate(zip(self.results, self.pairs, strict=True)):
             if i >= max_example_plots:
                 break
-            fig = r.plot(title=f"{p['question']}  wrong: {p['wrong']!r}  right: {p['right']!r}")
+            fig = r.figure(title=f"{p['question']}  wrong: {p['wrong']!r}  right: {p['right']!r}")
             fig.savefig(out / "patching_examples" / f"{i:03d}.png", dpi=100, bbox_inches="tight")
         return out
 
 
 def load_study(out_dir: str | Path) -> PatchStudy:
-    """A study saved by `PatchStudy.save` (per-question values from `patching.json`)."""
-    doc = json.loads((Path(out_dir) / PATCHING_FILE).read_text())
-    summary = doc["summary"]
-    results, pairs = [], []
-    for ex in doc["examples"]:
-
-        def grid(key, ex=ex):
-            return torch.tensor([[np.nan if x is None else x for x in row] for row in ex[key]])
-
-        results.append(
-            PatchResult(
-                probe_score=grid("probe_score"),
-                answer_logit=grid("answer_logit"),
-                clean_probe_score=ex["clean_probe_score"],
-                corrupted_probe_score=ex["corrupted_probe_score"],
-                clean_answer_logit=ex["clean_answer_logit"],
-                corrupted_answer_logit=ex["corrupted_answer_logit"],
-                hook_kind=summary["hook_kind"],
-                positions=list(range(len(ALIGNED_POSITIONS))),
-                labels=list(ALIGNED_POSITIONS),
-                layers=summary["layers"],
-            )
-        )
-        pairs.append({k: v for k, v in ex.items() if k not in _RESULT_KEYS})
-    return PatchStudy(results, pairs, probe=summary.get("probe", {}), meta=doc.get("meta", {}))
+    """A study saved by `PatchStudy.save` (`PatchStudy.load`)."""
+    return PatchStudy.load(out_dir)
 
 
 _RESULT_KEYS = (
@@ -328,15 +367,9 @@ _RESULT_KEYS = (
 )
 
 
-def _result_dict(r: PatchResult) -> dict:
-    return {
-        "probe_score": json_safe(r.probe_score.tolist()),
-        "answer_logit": json_safe(r.answer_logit.tolist()),
-        "clean_probe_score": r.clean_probe_score,
-        "corrupted_probe_score": r.corrupted_probe_score,
-        "clean_answer_logit": r.clean_answer_logit,
-        "corrupted_answer_logit": r.corrupted_answer_logit,
-    }
+def _values(r: PatchResult) -> dict:
+    d = r.to_dict()
+    return {k: d[k] for k in _RESULT_KEYS}
 
 
 def patching_study(

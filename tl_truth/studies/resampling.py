@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tl_truth.answers.exact_answer import Locate
 from tl_truth.answers.generation import GenerationConfig
 from tl_truth.answers.grading import normalize
 from tl_truth.answers.prompts import PromptFormat
 from tl_truth.answers.run import AnswerRun, answer_questions
 from tl_truth.data.questions import QADataset
+from tl_truth.results import Result, pyplot_axes
 
 SAMPLES_FILE = "samples.jsonl"
 RESAMPLE_SUMMARY_FILE = "resample_summary.json"
@@ -175,11 +177,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 @dataclass
-class Resampling:
-    """K samples for each question, with its greedy answer (`sets` follow the questions)."""
+class Resampling(Result):
+    """K samples for each question, with its greedy answer (`sets` follow the questions).
+
+    The result protocol (`tl_truth.results.Result`): `to_dict()` is the summary (what
+    `resample_summary.json` holds); `save(dir)` also writes every sample (`samples.jsonl`) and
+    the greedy answers (`greedy/`), which `Resampling.load(dir)` reads back.
+    """
 
     sets: list[SampleSet]
     meta: dict = field(default_factory=dict)
+
+    result_name = "resample_summary"
+    figsize = (4.5, 3.2)
 
     def __len__(self) -> int:
         return len(self.sets)
@@ -219,6 +229,10 @@ class Resampling:
         }
         return out
 
+    def to_dict(self) -> dict:
+        """`{"meta": ..., **summary()}`: what `resample_summary.json` holds."""
+        return {"meta": self.meta, **self.summary()}
+
     def to_dataframe(self):
         """One row per question: greedy grade, correct samples, distinct answers."""
         import pandas as pd
@@ -246,9 +260,7 @@ class Resampling:
 
     def plot(self, ax=None):
         """pass@k against k, overall and for the questions greedy decoding gets wrong."""
-        import matplotlib.pyplot as plt
-
-        ax = ax or plt.subplots(figsize=(4.5, 3.2))[1]
+        ax = pyplot_axes(ax, self.figsize)
         ks = list(range(1, self.k + 1))
         wrong = [s for s in self.sets if not s.greedy["correct"]]
         for sets, label in ((self.sets, "all questions"), (wrong, "greedy wrong")):
@@ -266,8 +278,42 @@ class Resampling:
         ax.set_title("the right answer among k samples")
         return ax
 
+    def title(self) -> str:
+        return f"Resampling: {len(self)} questions x K = {self.k} samples"
+
+    def markdown_frame(self):
+        """Overall and per task: accuracies, pass@K (all / greedy wrong), distinct answers."""
+        import pandas as pd
+
+        s = self.summary()
+        k = str(self.k)
+        rows = []
+        for group, b in {"all": s, **s["per_task"]}.items():
+            rows.append(
+                {
+                    "task": group,
+                    "n": b["n"],
+                    "greedy accuracy": b["greedy_accuracy"],
+                    "sample accuracy": b["sample_accuracy"],
+                    f"pass@{k}": b["pass_at_k"].get(k),
+                    "greedy wrong": b["n_greedy_wrong"],
+                    f"pass@{k} of greedy wrong": b["pass_at_k_greedy_wrong"],
+                    "distinct answers": b["mean_distinct_answers"],
+                    "refusal rate": b["refusal_rate"],
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def markdown_notes(self) -> str:
+        return (
+            "pass@k is the unbiased estimate from the K samples (Chen et al. 2021); among the "
+            "questions greedy decoding gets wrong, it is the share where the model "
+            "'knows more than it shows'.\n"
+        )
+
     def save(self, out_dir: str | Path) -> Path:
-        """`samples.jsonl` (one line per sample, with its cluster) + greedy + a summary."""
+        """`samples.jsonl` (one line per sample, with its cluster), the greedy answers
+        (`greedy/`) and the summary (`resample_summary.json`, `.md`, `.png`)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / (SAMPLES_FILE + ".tmp")
@@ -278,9 +324,7 @@ class Resampling:
                     f.write("\n")
         tmp.replace(out / SAMPLES_FILE)
         AnswerRun([s.greedy for s in self.sets], {}).save(out / "greedy")
-        summary = {"meta": self.meta, **self.summary()}
-        (out / RESAMPLE_SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-        return out
+        return super().save(out)
 
     @classmethod
     def load(cls, out_dir: str | Path) -> Resampling:
@@ -300,7 +344,7 @@ class Resampling:
 
 def _mean(xs: Sequence[Any]) -> float | None:
     xs = [float(x) for x in xs]
-    return round(sum(xs) / len(xs), 4) if xs else None
+    return sum(xs) / len(xs) if xs else None
 
 
 def resample(
@@ -313,6 +357,7 @@ def resample(
     greedy: Sequence[dict] | None = None,
     extract_with_model: bool = False,
     progress: bool = True,
+    locate: Locate = "blind",
 ) -> Resampling:
     """K sampled answers per question (graded, located, clustered) next to the greedy one.
 
@@ -328,10 +373,15 @@ def resample(
     missing = dataset.subset([q for q in dataset.questions if (q.task, q.id) not in by_key])
     if len(missing):
         greedy_cfg = GenerationConfig(**{**vars(base), "temperature": 0.0, "num_samples": 1})
-        fresh = answer_questions(model, missing, greedy_cfg, fmt, extract_with_model, progress)
+        fresh = answer_questions(
+            model, missing, greedy_cfg, fmt, extract_with_model, progress, locate=locate
+        )
         by_key.update({(r["task"], r["id"]): r for r in fresh.records})
     sample_cfg = GenerationConfig(**{**vars(base), "temperature": temperature, "num_samples": k})
-    run = answer_questions(model, dataset, sample_cfg, fmt, extract_with_model, progress)
+    # samples are located like the greedy answers they are compared with
+    run = answer_questions(
+        model, dataset, sample_cfg, fmt, extract_with_model, progress, locate=locate
+    )
     samples: dict[tuple[str, str], list[dict]] = {}
     for r in run.records:
         samples.setdefault((r["task"], r["id"]), []).append(r)

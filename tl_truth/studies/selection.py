@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from tl_truth.results import save_outputs
+from tl_truth.results import Result, pyplot_axes
 from tl_truth.studies.error_types import ERROR_TYPES, Thresholds, error_types
 from tl_truth.studies.resampling import SampleSet
 
@@ -91,8 +90,8 @@ def _boot(values: dict[str, np.ndarray], n_boot: int, seed: int) -> dict[str, di
     def mean_ci(v: np.ndarray) -> dict:
         boots = v[idx].mean(1)
         return {
-            "value": round(float(v.mean()), 4),
-            "ci": [round(float(np.quantile(boots, q)), 4) for q in (0.025, 0.975)],
+            "value": float(v.mean()),
+            "ci": [float(np.quantile(boots, q)) for q in (0.025, 0.975)],
         }
 
     out = {}
@@ -107,8 +106,12 @@ def _boot(values: dict[str, np.ndarray], n_boot: int, seed: int) -> dict[str, di
 
 
 @dataclass
-class SelectionResult:
-    """Accuracy of each selection strategy, overall, per task and per error type."""
+class SelectionResult(Result):
+    """Accuracy of each selection strategy, overall, per task and per error type.
+
+    The result protocol (`tl_truth.results.Result`): `save(dir)` writes `selection.json`, `.md`
+    and `.png`; `SelectionResult.load(dir)` reads it back.
+    """
 
     accuracy: dict[str, dict]
     per_task: dict[str, dict]
@@ -118,6 +121,9 @@ class SelectionResult:
     k: int
     n_probe_fallback: int = 0
     meta: dict = field(default_factory=dict)
+
+    result_name = "selection"
+    figsize = (6.5, 3.4)
 
     def to_dict(self) -> dict:
         return {
@@ -130,6 +136,19 @@ class SelectionResult:
             "n_probe_fallback": self.n_probe_fallback,
             "meta": self.meta,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SelectionResult:
+        return cls(
+            d["accuracy"],
+            d["per_task"],
+            d["per_type"],
+            d["pass_at_k"],
+            d["n"],
+            d["k"],
+            d.get("n_probe_fallback", 0),
+            d.get("meta") or {},
+        )
 
     def to_dataframe(self):
         import pandas as pd
@@ -156,9 +175,7 @@ class SelectionResult:
 
     def plot(self, ax=None):
         """Accuracy per strategy with 95% CIs (oracle = any of the K samples right)."""
-        import matplotlib.pyplot as plt
-
-        ax = ax or plt.subplots(figsize=(6.5, 3.4))[1]
+        ax = pyplot_axes(ax, self.figsize)
         names = [k for k in ORDER if k in self.accuracy]
         vals = [self.accuracy[k]["value"] for k in names]
         err = np.array(
@@ -180,29 +197,32 @@ class SelectionResult:
         ax.set_title(f"answer selection among K={self.k} samples (n={self.n})")
         return ax
 
-    def to_markdown(self) -> str:
-        def cell(v: dict | None) -> str:
-            if not v or v.get("value") is None:
-                return "-"
-            return f"{v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
+    def title(self) -> str:
+        return f"Answer selection (K = {self.k}, {self.n} questions)"
 
+    def markdown_frame(self):
+        """Groups (all, per task, per error type) x strategies: accuracy [95% CI]."""
+        import pandas as pd
+
+        df = self.to_dataframe()
         names = [k for k in ORDER if k in self.accuracy]
-        lines = [
-            f"## Answer selection (K = {self.k}, {self.n} questions)",
-            "",
-            "| group | n | " + " | ".join(names) + " |",
-            "|---|---|" + "---|" * len(names),
-        ]
-        groups = {"all": {**self.accuracy, "n": self.n}, **self.per_task}
-        groups |= {f"type: {t}": v for t, v in self.per_type.items()}
-        for g, block in groups.items():
-            lines.append(
-                f"| {g} | {block.get('n')} | "
-                + " | ".join(cell(block.get(k)) for k in names)
-                + " |"
-            )
-        lines.append("")
-        for k in names:
+        rows = []
+        for group, sub in df.groupby("group", sort=False):
+            by = sub.set_index("strategy")
+            row = {"group": group.replace(":", ": ", 1), "n": int(sub["n"].iloc[0])}
+            for k in names:
+                v = by.loc[k] if k in by.index else None
+                row[k] = (
+                    None
+                    if v is None or pd.isna(v["accuracy"])
+                    else f"{v['accuracy']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+                )
+            rows.append(row)
+        return pd.DataFrame(rows, columns=["group", "n", *names])
+
+    def markdown_notes(self) -> str:
+        lines = []
+        for k in (k for k in ORDER if k in self.accuracy):
             for ref in ("greedy", "majority", "random_located"):
                 d = self.accuracy[k].get(f"minus_{ref}")
                 if d:
@@ -215,10 +235,7 @@ class SelectionResult:
                 f"- {self.n_probe_fallback} questions had no sample with a probe score "
                 "(no exact answer located in any sample): probe fell back to majority."
             )
-        return "\n".join(lines) + "\n"
-
-    def save(self, out_dir: str | Path) -> Path:
-        return save_outputs(out_dir, "selection", self.to_dict(), self.to_markdown(), self.plot())
+        return "\n".join(lines) + "\n" if lines else ""
 
 
 def select_answers(
@@ -258,8 +275,8 @@ def select_answers(
     wrong = values["greedy"] == 0
     pak = {
         "k": k,
-        "all": round(float(values["oracle"].mean()), 4),
-        "greedy_wrong": round(float(values["oracle"][wrong].mean()), 4) if wrong.any() else None,
+        "all": float(values["oracle"].mean()),
+        "greedy_wrong": float(values["oracle"][wrong].mean()) if wrong.any() else None,
         "n_greedy_wrong": int(wrong.sum()),
     }
     return SelectionResult(

@@ -10,7 +10,6 @@ beats those.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from tl_truth.intervention.directions import Direction, random_like
 from tl_truth.intervention.steering import steer
 from tl_truth.probing.probe import Probe
 from tl_truth.probing.scoring import score_records
-from tl_truth.results import save_outputs
+from tl_truth.results import Result, pyplot_axes
 from tl_truth.studies.main_job import fmt_value
 
 
@@ -44,13 +43,23 @@ def _mean_score(model: Any, probe: Probe, records: list[dict]) -> float | None:
 
 
 @dataclass
-class SteeringResult:
+class SteeringResult(Result):
+    """Accuracy, recovery and break rates per (layer, alpha), against random directions.
+
+    The result protocol (`tl_truth.results.Result`): `save(dir)` writes `steering.json`, `.md`
+    and `.png` (values at full precision); `SteeringResult.load(dir)` reads it back.
+    """
+
     baseline_accuracy: float
     n_questions: int
     settings: list[dict]
     scope: str
     units: str
     meta: dict = field(default_factory=dict)
+
+    result_name = "steering"
+    json_digits = None  # steering.json has always held full precision
+    figsize = (6.0, 4.0)
 
     @property
     def best(self) -> dict | None:
@@ -86,6 +95,13 @@ class SteeringResult:
             **self.meta,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> SteeringResult:
+        meta = {k: v for k, v in d.items() if k not in _FIELDS}
+        return cls(
+            d["baseline_accuracy"], d["n_questions"], d["settings"], d["scope"], d["units"], meta
+        )
+
     def to_dataframe(self):
         import pandas as pd
 
@@ -98,11 +114,9 @@ class SteeringResult:
 
     def plot(self, ax=None):
         """Accuracy against alpha per layer, with the band of the random directions."""
-        import matplotlib.pyplot as plt
-
         df = self.to_dataframe()
-        ax = ax or plt.subplots(figsize=(6, 4))[1]
-        for layer, g in df.groupby("layer"):
+        ax = pyplot_axes(ax, self.figsize)
+        for layer, g in df.groupby("layer") if len(df) else []:
             g = g.sort_values("alpha")
             (line,) = ax.plot(g["alpha"], g["accuracy"], marker="o", label=f"layer {layer}")
             lo = g["random_accuracy_mean"] - g["random_accuracy_sd"].fillna(0)
@@ -115,31 +129,51 @@ class SteeringResult:
         ax.legend(fontsize=8)
         return ax
 
-    def to_markdown(self) -> str:
-        lines = [
-            f"# Steering: {self.meta.get('model', {}).get('name', '')}",
-            "",
-            f"{self.n_questions} held-out questions, scope `{self.scope}`, unsteered accuracy "
-            f"{self.baseline_accuracy:.3f}.",
-            "",
-            "| layer | alpha | accuracy | recovery | break | probe score shift | random acc "
-            "(mean +- SD) | random recovery | random break |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        f = fmt_value
-        for s in self.settings:
-            r = s["random"]
-            lines.append(
-                f"| {s['layer']} | {s['alpha']} | {f(s['accuracy'])} | {f(s['recovery_rate'])} | "
-                f"{f(s['break_rate'])} | {f(s['probe_score_shift'])} | "
-                f"{f(r['accuracy_mean'])} +- {f(r['accuracy_sd'])} | "
-                f"{f(r['recovery_rate_mean'])} | {f(r['break_rate_mean'])} |"
-            )
-        lines += ["", self.conclusion(), "", "![steering](steering.png)", ""]
-        return "\n".join(lines)
+    def title(self) -> str:
+        return f"Steering: {self.meta.get('model', {}).get('name', '')}"
 
-    def save(self, out: str | Path) -> Path:
-        return save_outputs(out, "steering", self.to_dict(), self.to_markdown(), self.plot())
+    def markdown_frame(self):
+        """One row per (layer, alpha): the probe direction and its random controls."""
+        df = self.to_dataframe()
+        cols = {
+            "layer": "layer",
+            "alpha": "alpha",
+            "accuracy": "accuracy",
+            "recovery_rate": "recovery",
+            "break_rate": "break",
+            "probe_score_shift": "probe score shift",
+            "random_accuracy_mean": "random acc (mean)",
+            "random_accuracy_sd": "random acc (SD)",
+            "random_recovery_rate_mean": "random recovery",
+            "random_break_rate_mean": "random break",
+        }
+        df = df.reindex(columns=list(cols)).rename(columns=cols)
+        df["alpha"] = df["alpha"].map(lambda a: f"{a:g}", na_action="ignore")
+        return df
+
+    def markdown_notes(self) -> str:
+        return "\n".join(
+            [
+                f"{self.n_questions} held-out questions, scope `{self.scope}`, alpha in "
+                f"{self.units}, unsteered accuracy {self.baseline_accuracy:.3f}.",
+                "",
+                self.conclusion(),
+                "",
+                "![steering](steering.png)",
+                "",
+            ]
+        )
+
+
+_FIELDS = (
+    "baseline_accuracy",
+    "n_questions",
+    "scope",
+    "units",
+    "settings",
+    "best",
+    "conclusion",
+)
 
 
 def steering_sweep(

@@ -1,0 +1,295 @@
+"""The settings of every job, and their defaults: one source for the library and the CLI.
+
+* `RunOptions`: the model, the questions, where to write and how to generate. Every job and
+  every `tl-truth` subcommand takes them (`--model`, `--dataset`, `--limit`, `--out`, ...).
+* `ProbeConfig`: the probe grid of the main job (`tl-truth run`), also used for the run that
+  `steer`, `resample`, `select`, `generalize` and `patch` make when they are given none.
+* `SteeringConfig`, `ResampleConfig`, `SelectConfig`, `GeneralizeConfig`, `PatchConfig`: one
+  per study.
+
+Generation itself is `tl_truth.answers.generation.GenerationConfig` (its defaults are the
+defaults here); `RunOptions.generation()` builds one. A subcommand's defaults are these
+dataclasses' defaults except where `defaults(command)` says otherwise: the studies generate
+short answers (`STUDY_MAX_NEW_TOKENS`), `generalize` takes every built-in task, and the run a
+study makes for itself skips the p(True) baseline. The job functions of
+`tl_truth.studies.jobs` use `defaults(command)` for any config they are not given, so
+`steer_job()` and `tl-truth steer` do the same thing; `RunOptions.for_command("steer",
+dataset="elements")` is a subcommand's options with some changed.
+
+List-valued fields also accept the CLI's comma-separated strings (`alphas="2,4,8"`) and are
+stored as tuples; layer fields keep a spec (`"all"`, `"every:K"`, `"0,5,10"`) or a tuple of
+layers, resolved against the model by `parse_layers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
+
+from tl_truth.answers.exact_answer import LOCATE_POLICIES
+from tl_truth.answers.generation import GenerationConfig
+from tl_truth.answers.positions import EXACT_POSITIONS, NAMED_POSITIONS
+from tl_truth.data.tasks import BUILTIN_TASKS
+from tl_truth.intervention.steering import SCOPES
+from tl_truth.models import DEFAULT_MODEL, HOOK_KINDS, hook_name
+
+BACKENDS = ("bridge", "hooked")
+UNITS = ("sd", "abs")
+SPLITS = ("test", "train", "all")
+LayerSpec = str | tuple[int, ...]
+
+# The studies compare many answers to the same question: short answers keep them affordable.
+STUDY_MAX_NEW_TOKENS = 24
+# `generalize` compares tasks: every built-in one, 200 questions each by default.
+ALL_TASKS = ",".join(BUILTIN_TASKS)
+GENERALIZE_LIMIT = 200
+
+
+def parse_layers(spec: LayerSpec | Sequence[int], n_layers: int) -> list[int]:
+    """`all`, `every:K` (0, K, 2K, ... and the last layer), `0,5,10` or a list of layers."""
+    if isinstance(spec, str) and spec == "all":
+        return list(range(n_layers))
+    if isinstance(spec, str) and spec.startswith("every:"):
+        step = int(spec.split(":", 1)[1])
+        return sorted(set(range(0, n_layers, step)) | {n_layers - 1})
+    if isinstance(spec, str):
+        layers = [int(x) for x in spec.split(",") if x.strip()]
+    else:
+        layers = [int(x) for x in spec]
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad or not layers:
+        raise ValueError(f"--layers {spec!r}: layers must be in 0..{n_layers - 1}")
+    return layers
+
+
+def _strings(value: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(x.strip() for x in value.split(",") if x.strip())
+    return tuple(value)
+
+
+def _layer_spec(value: LayerSpec | Sequence[int] | None) -> LayerSpec | None:
+    return value if value is None or isinstance(value, str) else tuple(int(x) for x in value)
+
+
+def _set(obj: Any, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)  # normalising a frozen dataclass in __post_init__
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What every job needs: which model on which questions, where to write, how to generate.
+
+    `dataset`: built-in task(s), `format:path` or a CSV/JSONL file, comma-separated (None only
+    for `select`, which then reads the samples already in `out`). `limit`: questions per
+    dataset part (for `steer`: held-out test questions). `prompt`: `auto`, `chat`, `qa` or a
+    template with `{question}`. `model_extract`: fall back to asking the model for the exact
+    answer when string matching finds none. `threads`: torch CPU threads (set before loading).
+    """
+
+    model: str = DEFAULT_MODEL
+    backend: Literal["bridge", "hooked"] = "bridge"
+    compat: bool = False  # TransformerBridge compatibility mode (HookedTransformer-style weights)
+    dataset: str | None = "capitals"
+    limit: int | None = None
+    out: str = "runs/latest"
+    prompt: str = "auto"
+    max_new_tokens: int = GenerationConfig.max_new_tokens
+    batch_size: int = GenerationConfig.batch_size
+    model_extract: bool = True
+    device: str | None = None
+    threads: int | None = None
+    quiet: bool = False  # no progress bars
+
+    def __post_init__(self) -> None:
+        _set(self, "out", str(self.out))
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    @property
+    def progress(self) -> bool:
+        return not self.quiet
+
+    def generation(self, **changes: Any) -> GenerationConfig:
+        """The `GenerationConfig` of these options (greedy unless `changes` say otherwise)."""
+        return GenerationConfig(
+            **{"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size, **changes}
+        )
+
+    @classmethod
+    def for_command(cls, command: str, **changes: Any) -> RunOptions:
+        """The options `tl-truth <command>` defaults to, with `changes`."""
+        return replace(defaults(command)["options"], **changes)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The probe grid of the main job: which activations to capture and how to score probes.
+
+    `hooks`: hook kinds (`resid_pre`, `resid_mid`, `resid_post`, `attn_out`, `mlp_out`), each
+    captured at every layer of `layers`. `positions`: named positions to capture (None: all of
+    `NAMED_POSITIONS`). `n_boot`: bootstrap replicates for every 95% CI a job reports (probe
+    grid, baselines, error types, selection, generalisation). `p_true`: also score the
+    p(True) baseline (one extra forward per test answer). `locate`: how the exact answer is
+    found, "blind" (never reads the gold or the grade) or "paper" (Orgad et al.: the gold
+    alias of a correct answer first). `n_perm`: train-label permutations for the selected
+    exact-answer cell's null distribution, the cell re-selected each time (0: none).
+    """
+
+    hooks: tuple[str, ...] = ("resid_post",)
+    layers: LayerSpec = "all"
+    positions: tuple[str, ...] | None = None
+    n_boot: int = 1000
+    p_true: bool = True
+    locate: str = "blind"
+    n_perm: int = 100
+
+    def __post_init__(self) -> None:
+        _set(self, "hooks", _strings(self.hooks))
+        _set(self, "layers", _layer_spec(self.layers))
+        if self.positions is not None:
+            _set(self, "positions", _strings(self.positions) or None)
+        if self.locate not in LOCATE_POLICIES:
+            raise ValueError(f"locate must be one of {LOCATE_POLICIES}, got {self.locate!r}")
+        bad = [k for k in self.hooks if k not in HOOK_KINDS]
+        if bad or not self.hooks:
+            raise ValueError(f"hook kinds must be among {HOOK_KINDS}, got {self.hooks}")
+
+    def hook_names(self, n_layers: int) -> list[str]:
+        """Every hook to capture: each kind at each layer (kind-major, as `tl-truth run`)."""
+        layers = parse_layers(self.layers, n_layers)
+        return [hook_name(kind, layer) for kind in self.hooks for layer in layers]
+
+    def position_names(self) -> tuple[str, ...]:
+        return NAMED_POSITIONS if self.positions is None else self.positions
+
+
+@dataclass(frozen=True)
+class SteeringConfig:
+    """A steering sweep: layers x alphas, probe directions against random ones.
+
+    `layers`: where to steer with a probe refitted on a run's train split (None: the run's
+    best layer; with a saved probe, its own layer). The probe sits at `hook_kind` of each layer
+    and at the run's best position. `alphas`: strengths, in standard deviations of the
+    activations' projection (`units="sd"`) or absolute (`"abs"`). `scope`: which tokens are
+    pushed (`all`, `prompt`, `last_prompt`, `generated`). `n_random`: norm-matched random
+    directions per setting. `train_limit`: questions per dataset part for the run `steer`
+    makes when it is given no probe and no run (None: all of them; the sweep itself answers
+    `RunOptions.limit` held-out test questions).
+    """
+
+    layers: LayerSpec | None = None
+    alphas: tuple[float, ...] = (2.0, 4.0, 8.0)
+    units: Literal["sd", "abs"] = "sd"
+    scope: Literal["all", "prompt", "last_prompt", "generated"] = "all"
+    n_random: int = 5
+    hook_kind: str = "resid_post"
+    train_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        _set(self, "layers", _layer_spec(self.layers))
+        alphas = self.alphas.split(",") if isinstance(self.alphas, str) else self.alphas
+        _set(self, "alphas", tuple(float(a) for a in alphas))
+        if self.units not in UNITS:
+            raise ValueError(f"units must be one of {UNITS}, got {self.units!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.hook_kind not in HOOK_KINDS:
+            raise ValueError(f"hook_kind must be one of {HOOK_KINDS}, got {self.hook_kind!r}")
+
+
+@dataclass(frozen=True)
+class ResampleConfig:
+    """K sampled answers per question at `temperature` (the paper: K = 30), seeded."""
+
+    k: int = 10
+    temperature: float = 1.0
+    seed: int = GenerationConfig.seed
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """Answer selection: `split` is the questions evaluated (the probe trained on "train")."""
+
+    split: Literal["test", "train", "all"] = "test"
+
+
+@dataclass(frozen=True)
+class GeneralizeConfig:
+    """Cross-task generalisation: `positions` are the candidates for each task's best cell
+    (None: every captured position)."""
+
+    positions: tuple[str, ...] | None = EXACT_POSITIONS
+
+    def __post_init__(self) -> None:
+        if isinstance(self.positions, str) and self.positions == "all":
+            _set(self, "positions", None)
+        elif self.positions is not None:
+            _set(self, "positions", _strings(self.positions))
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Activation patching of right samples into wrong greedy answers.
+
+    `layers`: layers to patch (spec or tuple); `hook_kind`: where (`resid_pre` patches a
+    layer's input); `split`: questions to take; `max_questions`: at most this many pairs.
+    """
+
+    layers: LayerSpec = "all"
+    hook_kind: str = "resid_pre"
+    split: Literal["test", "train", "all"] = "test"
+    max_questions: int | None = None
+
+    def __post_init__(self) -> None:
+        _set(self, "layers", _layer_spec(self.layers))
+        if self.hook_kind not in HOOK_KINDS:
+            raise ValueError(f"hook_kind must be one of {HOOK_KINDS}, got {self.hook_kind!r}")
+
+
+_STUDY_OPTIONS = RunOptions(max_new_tokens=STUDY_MAX_NEW_TOKENS)
+# The run a study makes for itself is there for its probe: no p(True) baseline by default.
+_STUDY_PROBING = ProbeConfig(p_true=False)
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "generate": {"options": RunOptions()},
+    "run": {"options": RunOptions(), "probing": ProbeConfig()},
+    "steer": {"options": _STUDY_OPTIONS, "steering": SteeringConfig(), "probing": _STUDY_PROBING},
+    "resample": {
+        "options": _STUDY_OPTIONS,
+        "resampling": ResampleConfig(),
+        "probing": _STUDY_PROBING,
+    },
+    "select": {
+        "options": replace(_STUDY_OPTIONS, dataset=None),
+        "selection": SelectConfig(),
+        "resampling": ResampleConfig(),
+        "probing": _STUDY_PROBING,
+    },
+    "generalize": {
+        "options": RunOptions(
+            dataset=ALL_TASKS, limit=GENERALIZE_LIMIT, max_new_tokens=STUDY_MAX_NEW_TOKENS
+        ),
+        "generalization": GeneralizeConfig(),
+        "probing": ProbeConfig(layers="every:2", p_true=False),
+    },
+    "patch": {
+        "options": RunOptions(),
+        "patching": PatchConfig(),
+        "resampling": ResampleConfig(),
+        "probing": _STUDY_PROBING,
+    },
+}
+COMMANDS = tuple(_DEFAULTS)
+
+
+def defaults(command: str) -> dict[str, Any]:
+    """The configs `tl-truth <command>` starts from, by job argument name (`options`, ...)."""
+    if command not in _DEFAULTS:
+        raise ValueError(f"unknown command {command!r}; choose from {COMMANDS}")
+    return dict(_DEFAULTS[command])
+
+
+def field_names(config_type: type) -> list[str]:
+    return [f.name for f in fields(config_type)]
