@@ -172,6 +172,7 @@ def fake_run(run_dir, dataset, options, probing, fingerprint="f"):
         "model": {"fingerprint": fingerprint},
         "hooks": probing.hook_names(2),
         "positions": list(probing.position_names()),
+        "locate": probing.locate,
     }
     (run_dir / "report.json").write_text(json.dumps(report))
     (run_dir / "best_probe.json").write_text("{}")
@@ -195,6 +196,10 @@ def test_ensure_run_reuses_only_a_matching_finished_run(tmp_path, monkeypatch):
     assert made == []  # reused
     # bootstrap and p(True) settings do not change the probe: still reused
     assert jobs.finished_run(tmp_path / "run", ds, options, ProbeConfig(layers="1"), info)
+    # answers located under another rule are not the same run
+    assert not jobs.finished_run(
+        tmp_path / "run", ds, options, ProbeConfig(layers="1", locate="paper"), info
+    )
     for changed in (
         (tiny_dataset(3), options, probing, info),
         (ds, RunOptions(max_new_tokens=12), probing, info),
