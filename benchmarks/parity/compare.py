@@ -35,7 +35,7 @@ def walk(a, b, path, out, fname):
         if not isinstance(b, list) or len(a) != len(b):
             out.append((path, f"list {len(a)} vs {len(b) if isinstance(b, list) else type(b)}"))
             return
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             walk(x, y, path + (i,), out, fname)
     elif a != b:
         out.append((path, f"{a!r} != {b!r}"))
