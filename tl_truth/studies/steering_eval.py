@@ -119,8 +119,12 @@ class SteeringResult(Result):
         for layer, g in df.groupby("layer") if len(df) else []:
             g = g.sort_values("alpha")
             (line,) = ax.plot(g["alpha"], g["accuracy"], marker="o", label=f"layer {layer}")
-            lo = g["random_accuracy_mean"] - g["random_accuracy_sd"].fillna(0)
-            hi = g["random_accuracy_mean"] + g["random_accuracy_sd"].fillna(0)
+            lo = g["random_accuracy_mean"].astype(float) - g["random_accuracy_sd"].astype(
+                float
+            ).fillna(0)
+            hi = g["random_accuracy_mean"].astype(float) + g["random_accuracy_sd"].astype(
+                float
+            ).fillna(0)
             ax.fill_between(g["alpha"], lo, hi, color=line.get_color(), alpha=0.15)
         ax.axhline(self.baseline_accuracy, color="k", ls="--", lw=1, label="unsteered")
         ax.set_xlabel(f"alpha ({self.units})")
