@@ -106,7 +106,7 @@ def artefact_report(
     selected: Mapping[str, Any],
     acts: torch.Tensor,
     valid: torch.Tensor,
-    baselines: Mapping[str, np.ndarray],
+    methods: Mapping[str, np.ndarray],
     exact_positions: Sequence[str],
     n_boot: int = 1000,
     n_perm: int = 100,
@@ -121,7 +121,8 @@ def artefact_report(
         records: the answers, in store row order (exact answers, tasks).
         selected: the report's selected cells (`"exact"`, `"last_generated"`, ...).
         acts, valid: the grid's activations `[n, H, P, d]` and validity `[n, P]`.
-        baselines: name -> score per example (logit confidence, p(True)).
+        methods: every method's score per example (`method_scores`: the selected probes, then
+            logit confidence and p(True)).
         exact_positions: the positions the exact cell was selected from.
         n_boot: bootstrap replicates; n_perm: label permutations (0 skips the null).
         seed: for the bootstrap, the permutations and the embedding probe's folds.
@@ -138,7 +139,6 @@ def artefact_report(
     train, test = store.split_mask("train"), store.split_mask("test")
     p_ex = positions.index(ex["position"])
     evaluate = (test & valid[:, p_ex]).numpy()
-    methods = method_scores(grid, selected, acts, valid, hooks, positions, baselines)
     name = probe_name("exact", ex)
     out = artefact_controls(
         labels=labels,

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from tl_truth.answers.exact_answer import Locate
 from tl_truth.answers.generation import GenerationConfig, same_generation_settings
@@ -27,7 +26,7 @@ from tl_truth.probing.activations import ActivationStore, capture, default_hooks
 from tl_truth.probing.baselines import evaluate_baselines, logit_scores, p_true_scores
 from tl_truth.probing.grid import ProbeGrid, fit_probe_grid
 from tl_truth.results import Result, markdown_table
-from tl_truth.studies.artefacts import EMBED_HOOK, artefact_report
+from tl_truth.studies.artefacts import EMBED_HOOK, artefact_report, method_scores
 
 EXACT_POSITIONS = ("before_exact", "exact_first", "exact_last", "after_exact")
 LAST_TOKEN_POSITIONS = ("last_generated", "last_prompt")
@@ -451,7 +450,9 @@ def probe_report(
         "last_prompt": select_cell(grid, ("last_prompt",)),
         "any": select_cell(grid, tuple(store.positions)),
     }
-    same = same_examples(grid, selected, acts, valid, store, scores, n_boot, seed)
+    # every probe and baseline scored once, for the same-examples table and the controls
+    methods = method_scores(grid, selected, acts, valid, grid.hooks, grid.positions, scores)
+    same = same_examples(methods, selected, valid, store, grid.positions, n_boot, seed)
     t2 = time.perf_counter()
     artefacts = artefact_report(
         grid,
@@ -460,7 +461,7 @@ def probe_report(
         selected,
         acts,
         valid,
-        scores,
+        methods,
         EXACT_POSITIONS,
         n_boot=n_boot,
         n_perm=n_perm,
@@ -483,31 +484,19 @@ def probe_report(
     )
 
 
-def same_examples(grid, selected, acts, valid, store, scores, n_boot, seed) -> dict | None:
+def same_examples(methods, selected, valid, store, positions, n_boot, seed) -> dict | None:
     """Every method on the *same* test examples: those that have an exact answer.
 
     The exact-answer probe can only be scored where an exact answer was located, which may be
     an easier or harder subset than the whole test split; this table removes that difference.
+    `methods` are every method's scores per example (`studies.artefacts.method_scores`).
     """
     ex = selected.get("exact")
     if ex is None:
         return None
-    p_ex = store.positions.index(ex["position"])
-    test = store.split_mask("test") & valid[:, p_ex]
-    rows = torch.nonzero(test).squeeze(1)
-    method_scores = {}
-    for group in ("exact", "last_generated", "last_prompt"):
-        cell = selected.get(group)
-        if cell is None:
-            continue
-        h, p = grid.hooks.index(cell["hook"]), grid.positions.index(cell["position"])
-        probe = grid.probe(cell["hook"], cell["position"])
-        full = np.full(len(store), np.nan)
-        full[rows.numpy()] = probe.decision_function(acts[rows, h, p]).double().numpy()
-        method_scores[f"probe @ {group} ({cell['hook']} / {cell['position']})"] = full
-    method_scores.update(scores)
+    test = store.split_mask("test") & valid[:, positions.index(ex["position"])]
     table = evaluate_baselines(
-        method_scores, store.labels.numpy(), test.numpy(), n_boot=n_boot, seed=seed
+        methods, store.labels.numpy(), test.numpy(), n_boot=n_boot, seed=seed
     )
     return {"n": int(test.sum()), "auc": table}
 
