@@ -1,0 +1,244 @@
+"""Runs that survive being killed: a lock per output directory and append-only checkpoints.
+
+Generation, model-based extraction and p(True) are the slow steps of a run, and a run on a big
+model is killed (pre-empted, out of memory, Ctrl-C) long before it ends. Each of them therefore
+appends its finished batches to a JSONL checkpoint that names what it belongs to (a digest of
+the inputs and settings); a re-run reads the checkpoint back, skips the finished batches and
+computes only the rest. Because batches are formed exactly as in an uninterrupted run, the
+resumed results are identical, not just close. A killed process leaves at most a torn last
+line, which is ignored.
+
+`RunLock` stops two processes from writing into the same output directory: the second one
+gets an error naming the holder (pid, host, command, start time). A lock left by a process
+that no longer exists is taken over.
+
+`TL_TRUTH_KILL_AT="<stage>:<n>"` makes the process kill itself (SIGKILL, no cleanup) right
+after the n-th checkpointed batch of `stage`: the tests use it to kill runs at chosen points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+LOCK_FILE = ".tl_truth.lock"
+KILL_ENV = "TL_TRUTH_KILL_AT"
+_kill_counts: dict[str, int] = {}
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts (what a checkpoint belongs to).
+
+    >>> digest([1, 2], {"a": 1}) == digest([1, 2], {"a": 1}) != digest([2, 1], {"a": 1})
+    True
+    """
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def maybe_die(stage: str) -> None:
+    """Test hook: SIGKILL this process after the n-th call for `stage` if TL_TRUTH_KILL_AT says so."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    want, _, n = spec.partition(":")
+    if want != stage:
+        return
+    _kill_counts[stage] = _kill_counts.get(stage, 0) + 1
+    if _kill_counts[stage] >= int(n or 1):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class JsonlCheckpoint:
+    """Append-only batches of results for one computation, identified by `key`.
+
+    The first line is a header `{"checkpoint": key}`; each later line is one finished batch
+    `{"batch": b, "items": [...]}`. Opening a file with another key raises ValueError naming the
+    file (it belongs to other inputs or settings); a torn last line (the process was killed
+    mid-write) is dropped.
+
+    Args:
+        path: the checkpoint file (created with its parent directories); None disables it
+            (every method becomes a no-op), so callers need no special case.
+        key: what the results belong to (see `digest`).
+        stage: the name `TL_TRUTH_KILL_AT` refers to.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     ck = JsonlCheckpoint(f"{d}/gen.ckpt.jsonl", key="abc", stage="doc")
+    ...     ck.append(0, [{"x": 1}]); ck.append(2, [{"x": 3}])
+    ...     sorted(JsonlCheckpoint(f"{d}/gen.ckpt.jsonl", key="abc").done())
+    [0, 2]
+    """
+
+    def __init__(self, path: str | Path | None, key: str, stage: str = "checkpoint"):
+        self.path = Path(path) if path is not None else None
+        self.key = key
+        self.stage = stage
+        self._done: dict[int, list] = {}
+        if self.path is None:
+            return
+        if self.path.exists():
+            self._done = self._read()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.stat().st_size == 0 if self.path.exists() else True:
+            self._write_line({"checkpoint": key})  # new, or killed before its header
+
+    def _read(self) -> dict[int, list]:
+        assert self.path is not None
+        lines = self.path.read_bytes().split(b"\n")
+        done: dict[int, list] = {}
+        for i, raw in enumerate(lines):
+            if not raw.strip():
+                continue
+            try:
+                d = json.loads(raw)
+            except ValueError:
+                if i >= len(lines) - 2:  # the torn last line of a killed writer
+                    self._truncate_to(b"".join(line + b"\n" for line in lines[:i]))
+                    break
+                raise ValueError(f"{self.path}:{i + 1}: corrupt checkpoint line") from None
+            if i == 0:
+                if d.get("checkpoint") != self.key:
+                    raise ValueError(
+                        f"{self.path} is a checkpoint of other inputs or settings "
+                        f"({d.get('checkpoint')} != {self.key}); delete it to start again"
+                    )
+                continue
+            done[int(d["batch"])] = d["items"]
+        return done
+
+    def _truncate_to(self, content: bytes) -> None:
+        assert self.path is not None
+        self.path.write_bytes(content)
+
+    def _write_line(self, d: dict) -> None:
+        assert self.path is not None
+        with self.path.open("a") as f:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def done(self) -> dict[int, list]:
+        """Finished batches: batch index -> its items."""
+        return self._done
+
+    def append(self, batch: int, items: list) -> None:
+        """Record a finished batch (written and fsynced before this returns)."""
+        self._done[batch] = items
+        if self.path is None:
+            return
+        self._write_line({"batch": batch, "items": items})
+        maybe_die(self.stage)
+
+    def remove(self) -> None:
+        """Delete the file once its results are safely stored elsewhere."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """Exclusive use of an output directory while a job writes into it (a context manager).
+
+    Re-entrant within one process (nested jobs on the same directory share the lock). A second
+    process gets a RuntimeError naming the holder. A lock whose process is gone (same host) is
+    stale and taken over.
+
+    Args:
+        out_dir: the directory to lock (created if missing).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     with RunLock(d):
+    ...         (Path(d) / LOCK_FILE).exists()
+    True
+    """
+
+    _held: dict[Path, int] = {}
+
+    def __init__(self, out_dir: str | Path):
+        self.dir = Path(out_dir)
+        self.path = self.dir / LOCK_FILE
+
+    def __enter__(self) -> RunLock:
+        key = self.path.resolve()
+        if RunLock._held.get(key, 0) > 0:
+            RunLock._held[key] += 1
+            return self
+        self.dir.mkdir(parents=True, exist_ok=True)
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(sys.argv)[:300],
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if holder and self._stale(holder):
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise RuntimeError(
+                    f"{self.dir} is in use by another tl_truth run "
+                    f"(pid {holder.get('pid')} on {holder.get('host')}, started "
+                    f"{holder.get('started')}: {holder.get('command')}). Wait for it, use "
+                    f"another output directory, or delete {self.path} if that run is gone."
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            RunLock._held[key] = 1
+            return self
+        raise RuntimeError(f"could not take {self.path}")
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def _stale(holder: dict) -> bool:
+        return holder.get("host") == socket.gethostname() and not _alive(int(holder["pid"]))
+
+    def __exit__(self, *exc: Any) -> None:
+        key = self.path.resolve()
+        RunLock._held[key] -= 1
+        if RunLock._held[key] == 0:
+            del RunLock._held[key]
+            self.path.unlink(missing_ok=True)
+
+
+def batches(n: int, size: int) -> Iterator[tuple[int, int, int]]:
+    """(batch index, start, end) over `n` items in batches of `size`.
+
+    >>> list(batches(5, 2))
+    [(0, 0, 2), (1, 2, 4), (2, 4, 5)]
+    """
+    for b, start in enumerate(range(0, n, size)):
+        yield b, start, min(n, start + size)
