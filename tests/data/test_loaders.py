@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tl_truth.data import loaders
+from tl_truth.data import hub, loaders
 from tl_truth.data.loaders import (
     FORMATS,
     IMDB_LABELS,
@@ -404,7 +404,7 @@ def test_load_hub_converts_hf_rows(monkeypatch):
             {"premise": "Hidden.", "hypothesis": "Test.", "label": -1, "idx": 8},
         ]
 
-    monkeypatch.setattr(loaders, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setitem(
         sys.modules, "datasets", types.SimpleNamespace(load_dataset=fake_load_dataset)
     )

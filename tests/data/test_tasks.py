@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tl_truth.data import tasks
+from tl_truth.data import other_tasks, task_utils, tasks
 from tl_truth.data.questions import QADataset
 
-# Sane ranges around the counts the current data packages give (see tasks.py).
+# Sane ranges around the counts the current data packages give (see country_tasks.py and
+# other_tasks.py).
 RANGES = {
     "capitals": (200, 252),
     "city_country": (1000, 2500),
@@ -177,7 +178,7 @@ def test_arithmetic_correct():
 
 def test_missing_package_errors_name_it(monkeypatch):
     with pytest.raises(ImportError, match="'some-pypi-pkg'"):
-        tasks._require("tl_truth_no_such_module", "some-pypi-pkg", "demo")
-    monkeypatch.setattr(tasks.importlib.util, "find_spec", lambda name: None)
+        task_utils._require("tl_truth_no_such_module", "some-pypi-pkg", "demo")
+    monkeypatch.setattr(other_tasks.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match="fanoutqa"):
         tasks.fanoutqa.__wrapped__()

@@ -5,20 +5,24 @@
 exact answer sits in full-sequence token coordinates. Nothing is dropped: an example without an
 exact answer keeps its record with `exact_answer_source == "none"` and a reason, and the summary
 counts every source and failure.
+
+The result, `AnswerRun`, lives in `tl_truth.answers.answer_run` and the summaries in
+`tl_truth.answers.summary`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
+from tl_truth.answers.answer_run import (
+    FIGURE_FILE,
+    GENERATIONS_FILE,
+    SUMMARY_FILE,
+    AnswerRun,
+    read_records,
+)
 from tl_truth.answers.exact_answer import (
     ExactAnswer,
     Locate,
@@ -37,13 +41,24 @@ from tl_truth.answers.grading import Grade, grade
 from tl_truth.answers.positions import exact_answer_token_span
 from tl_truth.answers.prompts import PromptFormat, default_format
 from tl_truth.answers.record import AnswerRecord
+from tl_truth.answers.summary import LOCATED_GAP_WARNING, located_rates, summarize
 from tl_truth.data.questions import QADataset, Question
 from tl_truth.models import model_info
-from tl_truth.results import Result, pyplot_axes
 
-GENERATIONS_FILE = "generations.jsonl"
-SUMMARY_FILE = "summary.json"
-FIGURE_FILE = "summary.png"  # written only by `AnswerRun.save(..., figure=True)`
+__all__ = [
+    "FIGURE_FILE",
+    "GENERATIONS_FILE",
+    "LOCATED_GAP_WARNING",
+    "SUMMARY_FILE",
+    "AnswerRun",
+    "answer_questions",
+    "build_record",
+    "located_rates",
+    "model_extractions",
+    "read_records",
+    "relocate",
+    "summarize",
+]
 
 
 def build_record(
@@ -78,158 +93,6 @@ def build_record(
         stop_reason=gen.stop_reason,
         sample_index=gen.sample_index,
     )
-
-
-@dataclass
-class AnswerRun(Result):
-    """Graded generations with exact-answer spans: one `AnswerRecord` per generations.jsonl line.
-
-    `records` are kept at full precision (token log-probabilities as computed); `summary` is
-    the run's summary.json document (`summarize` plus model, prompt format, generation settings
-    and timings; its rates are rounded as written). Plain dicts passed in `records` are read
-    into `AnswerRecord`s.
-
-    The result protocol (`tl_truth.results.Result`), except for the files: `save(dir)` writes
-    generations.jsonl and summary.json (the figure only on request) and `load(dir)` reads them.
-    """
-
-    records: list[AnswerRecord]
-    summary: dict = field(default_factory=dict)
-
-    result_name = "summary"
-
-    def __post_init__(self) -> None:
-        if not (
-            isinstance(self.records, list)
-            and all(isinstance(r, AnswerRecord) for r in self.records)
-        ):
-            self.records = [
-                r if isinstance(r, AnswerRecord) else AnswerRecord.from_dict(r)
-                for r in self.records
-            ]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def to_dict(self) -> dict:
-        """`{"summary": ..., "records": [...]}`, every record a plain dict (`to_dict()`)."""
-        return {"summary": self.summary, "records": [r.to_dict() for r in self.records]}
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> AnswerRun:
-        return cls(list(d["records"]), dict(d.get("summary", {})))
-
-    def to_dataframe(self):
-        """One row per record, one column per generations.jsonl key."""
-        import pandas as pd
-
-        return pd.DataFrame([r.to_dict() for r in self.records])
-
-    def _per_task(self) -> dict[str, dict]:
-        tasks = sorted({r["task"] for r in self.records})
-        return {t: _rates([r for r in self.records if r["task"] == t]) for t in tasks}
-
-    def title(self) -> str:
-        name = self.summary.get("model", {}).get("name", "")
-        return f"Answers{f' of {name}' if name else ''}: {len(self)} records"
-
-    def markdown_frame(self):
-        """Overall and per task: n, accuracy, exact-answer rate, refusal rate."""
-        import pandas as pd
-
-        rows = {"all": _rates(self.records), **self._per_task()}
-        return pd.DataFrame(
-            [
-                {
-                    "task": task,
-                    "n": r["n"],
-                    "accuracy": r["accuracy"],
-                    "exact answer located": r["exact_answer_rate"],
-                    "refusals": r["refusal_rate"],
-                }
-                for task, r in rows.items()
-            ]
-        )
-
-    @property
-    def figsize(self) -> tuple[float, float]:  # type: ignore[override]
-        return (1.2 + 1.1 * max(1, len({r["task"] for r in self.records})), 3.0)
-
-    def plot(self, ax=None):
-        """Accuracy and exact-answer rate per task (a new pyplot figure only when `ax` is None)."""
-        per_task = self._per_task()
-        ax = pyplot_axes(ax, self.figsize)
-        x = np.arange(len(per_task))
-        for i, (key, label) in enumerate(
-            (("accuracy", "accuracy"), ("exact_answer_rate", "exact-answer rate"))
-        ):
-            ax.bar(x + (i - 0.5) * 0.4, [v[key] for v in per_task.values()], 0.4, label=label)
-        ax.set_xticks(x, list(per_task))
-        ax.set_ylim(0, 1)
-        ax.legend()
-        ax.set_title(f"{self.summary.get('model', {}).get('name', '')}: greedy answers")
-        return ax
-
-    def save(self, out_dir: str | Path, figure: bool = False) -> Path:
-        """Write generations.jsonl (one record a line) and summary.json; returns `out_dir`.
-
-        `figure=True` also writes summary.png (`plot`), drawn on a standalone Figure
-        (`Result.figure()`): no pyplot state, the matplotlib backend untouched.
-        """
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / (GENERATIONS_FILE + ".tmp")
-        with tmp.open("w") as f:
-            for r in self.records:
-                d = r.to_dict() if isinstance(r, AnswerRecord) else dict(r)
-                f.write(json.dumps(d, ensure_ascii=False) + "\n")
-        tmp.replace(out / GENERATIONS_FILE)
-        (out / SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2, ensure_ascii=False))
-        if figure:
-            self.figure().savefig(out / FIGURE_FILE, dpi=self.dpi, bbox_inches="tight")
-        return out
-
-    @classmethod
-    def load(cls, out_dir: str | Path) -> AnswerRun:
-        """Read a directory written by `save` (or by any earlier version: the lines are the
-        same); a line that is not a record raises ValueError naming the file and line."""
-        out = Path(out_dir)
-        records = read_records(out / GENERATIONS_FILE)
-        summary_path = out / SUMMARY_FILE
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        return cls(records, summary)
-
-
-def read_records(path: str | Path) -> list[AnswerRecord]:
-    """The records of a generations.jsonl file (blank lines skipped).
-
-    Raises ValueError "<path>:<line>: ..." for a line that is not JSON or not a record.
-    """
-    path = Path(path)
-    records = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(AnswerRecord.from_dict(json.loads(line)))
-            except ValueError as e:  # json.JSONDecodeError is a ValueError
-                raise ValueError(f"{path}:{lineno}: not a valid answer record: {e}") from e
-    return records
-
-
-def _rates(rs: Sequence[Mapping]) -> dict:
-    n = len(rs)
-
-    def rate(k: int) -> float:
-        return k / n if n else float("nan")
-
-    return {
-        "n": n,
-        "accuracy": rate(sum(bool(r.get("correct")) for r in rs)),
-        "exact_answer_rate": rate(sum(r.get("exact_answer_token_span") is not None for r in rs)),
-        "refusal_rate": rate(sum(r.get("category") == "refusal" for r in rs)),
-    }
 
 
 def model_extractions(
@@ -416,96 +279,3 @@ def relocate(
         "attempted": len(todo) if extract_with_model else 0,
     }
     return AnswerRun(records, summary)
-
-
-LOCATED_GAP_WARNING = 0.10  # warn when right and wrong answers are located this differently
-
-
-def located_rates(records: Sequence[Mapping]) -> dict:
-    """How often the exact answer was located, for right and for wrong answers, and by what.
-
-    A probe at the exact answer only sees located answers: if right ones are located far more
-    often (or by a different procedure, e.g. the gold alias) than wrong ones, the probe can
-    learn the locator instead of correctness. `warning` says so when the rates differ by more
-    than 10 points.
-
-    >>> rs = [{"correct": True, "category": "correct", "exact_answer_token_span": [3, 4],
-    ...        "exact_answer_source": "candidate"},
-    ...       {"correct": False, "category": "incorrect", "exact_answer_token_span": None,
-    ...        "exact_answer_source": "none"}]
-    >>> located_rates(rs)["correct"], located_rates(rs)["incorrect"]
-    (1.0, 0.0)
-    """
-
-    def rate(rs: list) -> float | None:
-        return sum(r["exact_answer_token_span"] is not None for r in rs) / len(rs) if rs else None
-
-    right = [r for r in records if r["correct"]]
-    wrong = [r for r in records if r["category"] == "incorrect"]
-    by_source: dict[str, dict[str, int]] = {}
-    for r in records:
-        if r["exact_answer_token_span"] is None or r["category"] == "refusal":
-            continue
-        b = by_source.setdefault(r["exact_answer_source"], {"correct": 0, "incorrect": 0})
-        b["correct" if r["correct"] else "incorrect"] += 1
-    rc, ri = rate(right), rate(wrong)
-    gap = None if rc is None or ri is None else rc - ri
-    warning = (
-        f"right answers located {rc:.0%} of the time, wrong ones {ri:.0%}: the exact-answer "
-        "probe sees a different mix of right and wrong answers than the other methods; read it "
-        "on the same examples and against the controls"
-        if gap is not None and abs(gap) > LOCATED_GAP_WARNING
-        else None
-    )
-    return {
-        "correct": rc,
-        "incorrect": ri,
-        "n_correct": len(right),
-        "n_incorrect": len(wrong),
-        "by_source": by_source,
-        "warning": warning,
-    }
-
-
-def summarize(records: Sequence[Mapping], dataset: QADataset | None = None) -> dict:
-    """Counts, accuracy, refusals and exact-answer rates, overall and per task (the summary.json
-    document: rates are rounded to 4 places as written)."""
-
-    def block(rs: Sequence[Mapping]) -> dict:
-        n = len(rs)
-        found = [r for r in rs if r["exact_answer_token_span"] is not None]
-        correct = [r for r in rs if r["correct"]]
-        wrong = [r for r in rs if r["category"] == "incorrect"]
-        return {
-            "n": n,
-            "accuracy": round(len(correct) / n, 4) if n else None,
-            "categories": dict(Counter(r["category"] for r in rs)),
-            "exact_answer_rate": round(len(found) / n, 4) if n else None,
-            "exact_answer_rate_correct": round(
-                sum(r["exact_answer_token_span"] is not None for r in correct) / len(correct), 4
-            )
-            if correct
-            else None,
-            "exact_answer_rate_incorrect": round(
-                sum(r["exact_answer_token_span"] is not None for r in wrong) / len(wrong), 4
-            )
-            if wrong
-            else None,
-            "exact_answer_sources": dict(Counter(r["exact_answer_source"] for r in rs)),
-            "exact_answer_failures": dict(
-                Counter(
-                    r["exact_answer_reason"] for r in rs if r["exact_answer_token_span"] is None
-                )
-            ),
-            "stop_reasons": dict(Counter(r["stop_reason"] for r in rs)),
-            "splits": dict(Counter(r["split"] for r in rs)),
-        }
-
-    out = block(records)
-    out["per_task"] = {
-        t: block([r for r in records if r["task"] == t])
-        for t in sorted({r["task"] for r in records})
-    }
-    if dataset is not None:
-        out["dataset"] = {"name": dataset.name, "n": len(dataset), "skipped": dataset.skipped}
-    return out
