@@ -33,6 +33,26 @@ class AnswerRun(Result):
 
     The result protocol (`tl_truth.results.Result`), except for the files: `save(dir)` writes
     generations.jsonl and summary.json (the figure only on request) and `load(dir)` reads them.
+
+    Args:
+        records: one `AnswerRecord` (or generations.jsonl dict) per answer.
+        summary: the summary.json document (see `tl_truth.answers.summary.summarize`).
+
+    >>> import tempfile
+    >>> from tl_truth.answers import GenerationConfig, answer_questions
+    >>> from tl_truth.data import load_questions
+    >>> from tl_truth.testing import tiny_model
+    >>> run = answer_questions(tiny_model("llama"), load_questions("capitals", limit=2),
+    ...                        GenerationConfig(max_new_tokens=8), extract_with_model=False,
+    ...                        progress=False)
+    >>> len(run), run.summary["n"], run.records[0]["task"]
+    (2, 2, 'capitals')
+    >>> run.to_dataframe().shape[0]
+    2
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     back = AnswerRun.load(run.save(d))
+    >>> back.records == run.records
+    True
     """
 
     records: list[AnswerRecord]
@@ -59,6 +79,7 @@ class AnswerRun(Result):
 
     @classmethod
     def from_dict(cls, d: Mapping) -> AnswerRun:
+        """The inverse of `to_dict`."""
         return cls(list(d["records"]), dict(d.get("summary", {})))
 
     def to_dataframe(self):
@@ -117,6 +138,13 @@ class AnswerRun(Result):
 
         `figure=True` also writes summary.png (`plot`), drawn on a standalone Figure
         (`Result.figure()`): no pyplot state, the matplotlib backend untouched.
+
+        Args:
+            out_dir: the directory (created if needed).
+            figure: also write summary.png.
+
+        Returns:
+            `out_dir` as a `Path`.
         """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -134,7 +162,14 @@ class AnswerRun(Result):
     @classmethod
     def load(cls, out_dir: str | Path) -> AnswerRun:
         """Read a directory written by `save` (or by any earlier version: the lines are the
-        same); a line that is not a record raises ValueError naming the file and line."""
+        same); a line that is not a record raises ValueError naming the file and line.
+
+        Args:
+            out_dir: a directory holding generations.jsonl (and summary.json, if written).
+
+        Returns:
+            The `AnswerRun` (an empty summary when summary.json is missing).
+        """
         out = Path(out_dir)
         records = read_records(out / GENERATIONS_FILE)
         summary_path = out / SUMMARY_FILE

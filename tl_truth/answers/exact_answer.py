@@ -99,13 +99,20 @@ def clean_extraction(raw: str) -> str:
 
 @dataclass(frozen=True)
 class ExactAnswer:
-    """The exact answer inside a generation.
+    """The exact answer inside a generation (made by `find_exact_answer`).
 
-    text:      the exact substring of the generation, or None.
-    char_span: [start, end) into the generation, `generation[start:end] == text`, or None.
-    source:    "gold_alias" | "candidate" | "number" | "option" | "model" | "none".
-    reason:    how it was found, or why not ("refusal", "no_match",
-               "model_output_not_substring", "model_no_answer", ...).
+    Args:
+        text: the exact substring of the generation, or None.
+        char_span: [start, end) into the generation, `generation[start:end] == text`, or None.
+        source: "gold_alias" | "candidate" | "number" | "option" | "model" | "none".
+        reason: how it was found, or why not ("refusal", "no_match",
+            "model_output_not_substring", "model_no_answer", ...).
+
+    >>> e = ExactAnswer.at("It is Paris.", 6, 11, "candidate", "first_candidate")
+    >>> e.text, e.char_span, e.found
+    ('Paris', (6, 11), True)
+    >>> ExactAnswer.none("refusal").found
+    False
     """
 
     text: str | None
@@ -115,14 +122,17 @@ class ExactAnswer:
 
     @property
     def found(self) -> bool:
+        """Whether an exact answer was located (`char_span` is not None)."""
         return self.char_span is not None
 
     @classmethod
     def none(cls, reason: str) -> ExactAnswer:
+        """No exact answer, and why (`reason`)."""
         return cls(None, None, "none", reason)
 
     @classmethod
     def at(cls, answer: str, start: int, end: int, source: Source, reason: str) -> ExactAnswer:
+        """The exact answer `answer[start:end]`, found by `source` for `reason`."""
         return cls(answer[start:end], (start, end), source, reason)
 
 

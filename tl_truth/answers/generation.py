@@ -13,7 +13,6 @@ mean the same with and without the cache.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import time
 from collections.abc import Sequence
@@ -21,21 +20,37 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_truth.answers.decode_step import _STATE, DecodeState, _stepper
+from tl_truth.answers.decode_step import decode_state as decode_state
 from tl_truth.answers.prompts import PromptFormat, default_format
-from tl_truth.models import backend_of, model_device
+from tl_truth.models import model_device
 
 
 @dataclass
 class Generation:
-    """One answer, with the exact token ids the model saw and produced.
+    """One answer, with the exact token ids the model saw and produced (made by `generate`).
 
     The full sequence fed to the model is `prompt_token_ids + answer_token_ids` (unpadded).
     The stop token (EOS, or a newline token for base models) is not part of the answer: it was
     produced but never fed back; it is kept in `stop_token_id`.
+
+    Args:
+        prompt: the prompt text (template applied).
+        prompt_token_ids: the prompt's token ids, unpadded, special tokens included.
+        answer_token_ids: the generated token ids, without the stop token.
+        text: `answer_token_ids` decoded.
+        token_logprobs: the log-probability of each generated token (full softmax, T = 1).
+        stop_reason: "eos", "newline" or "max_tokens".
+        stop_token_id: the token that stopped generation, or None at "max_tokens".
+        sample_index: 0 for greedy; 0..K-1 for the K samples of a question.
+
+    >>> g = Generation("Q: Hi?\\nA:", [0, 5], [7, 8], " yo", [-0.1, -0.2], "eos", 1)
+    >>> g.full_token_ids, g.to_dict()["stop_reason"]
+    ([0, 5, 7, 8], 'eos')
     """
 
     prompt: str
@@ -49,100 +64,12 @@ class Generation:
 
     @property
     def full_token_ids(self) -> list[int]:
+        """`prompt_token_ids + answer_token_ids`: the sequence whose activations we read."""
         return self.prompt_token_ids + self.answer_token_ids
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict."""
         return asdict(self)
-
-
-@dataclass
-class DecodeState:
-    """Where the current forward pass sits in the batch being decoded (for hooks)."""
-
-    offset: int  # padded positions already in the KV cache before this forward pass
-    pad_lengths: Int[Tensor, " batch"]  # left padding per row
-    prompt_lengths: Int[Tensor, " batch"]  # unpadded prompt length per row
-    step: int  # 0 = the prompt pass, k = k-th generated token being fed
-
-    def absolute_positions(self, seq_len: int) -> Int[Tensor, "batch seq"]:
-        """Unpadded positions of this pass's tokens; negative for padding."""
-        pos = torch.arange(self.offset, self.offset + seq_len, device=self.pad_lengths.device)
-        return pos[None, :] - self.pad_lengths[:, None]
-
-
-_STATE: contextvars.ContextVar[DecodeState | None] = contextvars.ContextVar(
-    "tl_truth_decode_state", default=None
-)
-
-
-def decode_state() -> DecodeState | None:
-    """The decoding state of the forward pass running now, or None outside `generate`."""
-    return _STATE.get()
-
-
-# ---------------------------------------------------------------------------------------------
-# One forward step per backend, both through the model's own cache
-
-
-class _BridgeStepper:
-    """TransformerBridge: pass HF's cache object back through `forward` with the full mask."""
-
-    def __init__(self, model: Any):
-        self.model, self.cache, self.mask = model, None, None
-
-    def __call__(self, tokens: Tensor, mask: Tensor) -> Float[Tensor, "batch seq vocab"]:
-        self.mask = mask if self.mask is None else torch.cat([self.mask, mask], dim=1)
-        logits, self.cache = self.model(
-            tokens,
-            attention_mask=self.mask,
-            past_key_values=self.cache,
-            use_cache=True,
-            return_type="logits_and_cache",
-        )
-        return logits
-
-    def expand(self, index: Int[Tensor, " rows"]) -> None:
-        """Repeat cached rows (`index` into the current rows), e.g. one prefill per prompt."""
-        self.cache.reorder_cache(index.to(self.mask.device))  # index_select on every layer
-        self.mask = self.mask[index]
-
-
-class _HookedStepper:
-    """HookedTransformer: its own KV cache, which appends each step's mask itself."""
-
-    def __init__(self, model: Any, batch: int):
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-        self.model = model
-        self.cache = TransformerLensKeyValueCache.init_cache(model.cfg, model_device(model), batch)
-
-    def __call__(self, tokens: Tensor, mask: Tensor) -> Float[Tensor, "batch seq vocab"]:
-        return self.model(tokens, attention_mask=mask, past_kv_cache=self.cache)
-
-    def expand(self, index: Int[Tensor, " rows"]) -> None:
-        for entry in self.cache.entries:
-            entry.past_keys = entry.past_keys[index.to(entry.past_keys.device)]
-            entry.past_values = entry.past_values[index.to(entry.past_values.device)]
-        mask = self.cache.previous_attention_mask
-        self.cache.previous_attention_mask = mask[index.to(mask.device)]
-
-
-class _NoCacheStepper:
-    """Reference path: re-run the whole sequence every step (slow; for tests and debugging)."""
-
-    def __init__(self, model: Any):
-        self.model, self.tokens, self.mask = model, None, None
-
-    def __call__(self, tokens: Tensor, mask: Tensor) -> Float[Tensor, "batch seq vocab"]:
-        self.tokens = tokens if self.tokens is None else torch.cat([self.tokens, tokens], 1)
-        self.mask = mask if self.mask is None else torch.cat([self.mask, mask], 1)
-        return self.model(self.tokens, attention_mask=self.mask)[:, -tokens.shape[1] :]
-
-
-def _stepper(model: Any, batch: int, use_cache: bool):
-    if not use_cache:
-        return _NoCacheStepper(model)
-    return _BridgeStepper(model) if backend_of(model) == "bridge" else _HookedStepper(model, batch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,6 +78,26 @@ def _stepper(model: Any, batch: int, use_cache: bool):
 
 @dataclass
 class GenerationConfig:
+    """How to generate: greedy by default, K samples at a temperature on request.
+
+    Args:
+        max_new_tokens: the most tokens an answer may have (the stop token not counted).
+        temperature: 0 for greedy decoding; above 0, sample at this temperature.
+        num_samples: K answers per question (needs `temperature > 0`).
+        batch_size: rows (prompts x samples) decoded together.
+        stop_at_newline: stop at a newline token; None follows the prompt format (yes for
+            plain Q/A prompts, no for chat).
+        seed: the seed of the sampler (a CPU `torch.Generator`).
+        use_cache: decode with the model's KV cache (False re-runs the sequence every step:
+            slow, for tests and debugging).
+        extra_stop_ids: token ids that end an answer besides EOS.
+        share_prompt_pass: the K samples of a prompt share one prompt pass (speed only).
+
+    >>> cfg = GenerationConfig(max_new_tokens=8, temperature=0.7, num_samples=3)
+    >>> cfg.max_new_tokens, cfg.num_samples, GenerationConfig().temperature
+    (8, 3, 0.0)
+    """
+
     max_new_tokens: int = 48
     temperature: float = 0.0  # 0 = greedy
     num_samples: int = 1  # K samples per prompt (temperature > 0)
@@ -216,7 +163,33 @@ def generate_ids(
     progress: bool = True,
     desc: str = "generate",
 ) -> list[list[dict]]:
-    """Decode from token-id prompts. Returns, per prompt, K dicts of answer ids / logprobs / stop."""
+    """Decode from token-id prompts (the loop under `generate`, for prompts already tokenised).
+
+    Args:
+        model: a HookedTransformer or TransformerBridge (`tl_truth.load_model`).
+        prompt_ids: one list of token ids per prompt (unpadded, non-empty).
+        config: generation settings (`GenerationConfig()` by default).
+        stop_at_newline: also stop at any token whose text holds a newline.
+        progress: show a progress bar.
+        desc: the progress bar's label.
+
+    Returns:
+        Per prompt, K dicts (K = `config.num_samples`) with ``answer_token_ids``,
+        ``token_logprobs``, ``stop_reason`` and ``stop_token_id``.
+
+    Raises:
+        ValueError: an empty prompt, a prompt too long for the context, or K > 1 when greedy.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> ids = [model.tokenizer("Q: What is 2 + 2?\\nA:").input_ids]
+    >>> cfg = GenerationConfig(max_new_tokens=3, temperature=1.0, num_samples=2)
+    >>> out = generate_ids(model, ids, cfg, progress=False)
+    >>> len(out), len(out[0]), sorted(out[0][0])
+    (1, 2, ['answer_token_ids', 'stop_reason', 'stop_token_id', 'token_logprobs'])
+    >>> len(out[0][0]["answer_token_ids"]) <= 3
+    True
+    """
     cfg = config or GenerationConfig()
     if cfg.num_samples > 1 and cfg.temperature <= 0:
         raise ValueError("num_samples > 1 needs temperature > 0 (greedy samples are identical)")
@@ -361,7 +334,28 @@ def generate(
     fmt: PromptFormat | None = None,
     progress: bool = True,
 ) -> list[list[Generation]]:
-    """Answer questions (Question objects or strings). Returns K Generations per question."""
+    """Answer questions: render the prompts, tokenise them and decode (hooks fire every step).
+
+    Args:
+        model: a HookedTransformer or TransformerBridge (`tl_truth.load_model`).
+        questions: `Question`s or question strings.
+        config: generation settings (greedy, 48 new tokens by default).
+        fmt: the prompt format (default: `default_format(model)`).
+        progress: show a progress bar.
+
+    Returns:
+        Per question, `config.num_samples` `Generation`s, in question order.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")  # random weights: the text is gibberish
+    >>> gens = generate(model, ["What is 2 + 2?", "Name a city."],
+    ...                 GenerationConfig(max_new_tokens=5), progress=False)
+    >>> len(gens), len(gens[0]), gens[0][0].prompt
+    (2, 1, 'Q: What is 2 + 2?\\nA:')
+    >>> g = gens[0][0]
+    >>> len(g.answer_token_ids) == len(g.token_logprobs) <= 5
+    True
+    """
     cfg = config or GenerationConfig()
     fmt = fmt or default_format(model)
     tok = model.tokenizer

@@ -136,15 +136,20 @@ def option_mentions(question: Question, answer: str) -> list[OptionMention]:
 
 @dataclass(frozen=True)
 class Grade:
-    """The verdict on one answer.
+    """The verdict on one answer (made by `grade`).
 
-    correct:   True only for category "correct" (refusals are False).
-    category:  "correct" | "incorrect" | "refusal".
-    matched:   the gold alias / gold number (as written in `Question.answers`) / option that
-               made the answer correct, else None.
-    reason:    short human-readable explanation.
-    predicted: what the answer committed to when the grader can tell (the first number or the
-               first-mentioned option, as written in the answer / options), else None.
+    Args:
+        correct: True only for category "correct" (refusals are False).
+        category: "correct" | "incorrect" | "refusal".
+        matched: the gold alias / gold number (as written in `Question.answers`) / option that
+            made the answer correct, else None.
+        reason: short human-readable explanation.
+        predicted: what the answer committed to when the grader can tell (the first number or
+            the first-mentioned option, as written in the answer / options), else None.
+
+    >>> g = Grade(False, "refusal", reason="refusal: i do not know")
+    >>> g.correct, g.label, g.matched
+    (False, 0, None)
     """
 
     correct: bool
@@ -236,7 +241,26 @@ def _grade_choice(question: Question, answer: str) -> Grade:
 
 
 def grade(question: Question, answer: str) -> Grade:
-    """Grade `answer` for `question` (refusal first, then by `question.grade`)."""
+    """Grade `answer` for `question` (refusal first, then by `question.grade`).
+
+    Args:
+        question: the question; its `grade` picks the grader ("alias", "numeric", "choice").
+        answer: the generated text.
+
+    Returns:
+        A `Grade`: correct, incorrect or refusal, with what matched and why.
+
+    >>> from tl_truth.data import make_question
+    >>> q = make_question("FR", "What is the capital of France?", "Paris", "capitals", "factual")
+    >>> grade(q, "It is Paris.").correct, grade(q, "Lyon.").category
+    (True, 'incorrect')
+    >>> grade(q, "I don't know.").category
+    'refusal'
+    >>> n = make_question("1", "What is 12 + 30?", "42", "arithmetic", "arithmetic",
+    ...                   grade="numeric")
+    >>> grade(n, "12 + 30 = 42").predicted  # the operands the answer restates do not count
+    '42'
+    """
     why = refusal_reason(answer)
     if why is not None:
         return Grade(False, "refusal", None, f"refusal: {why}")

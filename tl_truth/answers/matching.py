@@ -70,6 +70,17 @@ def normalize(text: str) -> str:
     Accent folding (NFKD, combining marks dropped), casefolding, punctuation removed (deleted,
     as in SQuAD, so "U.S.A." -> "usa" and "it's" -> "its"), the articles a/an/the removed, and
     whitespace collapsed.
+
+    Args:
+        text: any string (anything else normalises to "").
+
+    Returns:
+        The normalised string: two answers are "the same" when these are equal.
+
+    >>> normalize("The U.S.A. is Bogotá's   neighbour!")
+    'usa is bogotas neighbour'
+    >>> normalize(None)
+    ''
     """
     if not isinstance(text, str):
         return ""

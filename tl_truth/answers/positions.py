@@ -31,6 +31,8 @@ NAMED_POSITIONS: tuple[str, ...] = (
     "last_generated",
     *(f"{-k}" for k in range(1, 9)),
 )
+"""The names `resolve_position` understands: "last_prompt", "first_answer", the exact-answer
+positions, "last_generated" and "-1".."-8" (counted back over the generated tokens)."""
 EXACT_POSITIONS = ("before_exact", "exact_first", "exact_last", "after_exact")
 
 PositionFn = Callable[[dict], "int | None"]
@@ -112,6 +114,25 @@ def resolve_position(
 
     `record` needs `prompt_token_ids`, `answer_token_ids` and `exact_answer_token_span`
     (the generations.jsonl fields); a callable gets the record and returns an index or None.
+
+    Args:
+        name: one of `NAMED_POSITIONS`, or a callable `record -> index | None`.
+        record: an `AnswerRecord` or a dict with the fields above.
+
+    Returns:
+        The index into `prompt_token_ids + answer_token_ids`, or None when the example has no
+        such position (no exact answer, no generated token, an index out of range).
+
+    Raises:
+        ValueError: an unknown name.
+
+    >>> rec = {"prompt_token_ids": [0, 1, 2], "answer_token_ids": [3, 4, 5, 6],
+    ...        "exact_answer_token_span": [4, 6]}
+    >>> [resolve_position(n, rec) for n in ("last_prompt", "first_answer", "exact_first",
+    ...                                     "exact_last", "after_exact", "-1")]
+    [2, 3, 4, 5, 6, 6]
+    >>> resolve_position("exact_first", {**rec, "exact_answer_token_span": None}) is None
+    True
     """
     n_prompt = len(record["prompt_token_ids"])
     n_total = n_prompt + len(record["answer_token_ids"])
@@ -147,7 +168,23 @@ def resolve_position(
 def resolve_positions(
     names: Sequence[str | PositionFn], records: Sequence[dict]
 ) -> Int[Tensor, "batch n_positions"]:
-    """[batch, n_positions] full-sequence indices, -1 where the position does not exist."""
+    """[batch, n_positions] full-sequence indices, -1 where the position does not exist.
+
+    Args:
+        names: position names (`NAMED_POSITIONS`) or callables, one column each.
+        records: the examples (`AnswerRun.records` or generations.jsonl dicts).
+
+    Returns:
+        A long tensor of shape ``[len(records), len(names)]`` (see `resolve_position`).
+
+    >>> recs = [{"prompt_token_ids": [0, 1, 2], "answer_token_ids": [3, 4],
+    ...          "exact_answer_token_span": [3, 4]},
+    ...         {"prompt_token_ids": [0, 1], "answer_token_ids": [],
+    ...          "exact_answer_token_span": None}]
+    >>> resolve_positions(["last_prompt", "exact_first", "-1"], recs)
+    tensor([[ 2,  3,  4],
+            [ 1, -1, -1]])
+    """
     out = torch.full((len(records), len(names)), -1, dtype=torch.long)
     for i, rec in enumerate(records):
         for j, name in enumerate(names):

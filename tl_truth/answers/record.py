@@ -27,53 +27,56 @@ from typing import Any
 class AnswerRecord(MutableMapping):
     """One answer to one question: the generation, its grade and where its exact answer is.
 
-    Identity
-        id:             the question's id (unique within a task).
-        task:           the task (dataset slice) the question belongs to.
-        skill:          the skill the task tests ("factual", "arithmetic", ...).
-        split:          "train" or "test", derived from a hash of `id` (stable across runs).
+    The fields come in groups: identity (id, task, skill, split), question and prompt
+    (question, prompt, gold, gold_aliases), generation (answer, prompt_token_ids,
+    answer_token_ids, token_logprobs, stop_reason, sample_index), grade (correct, category,
+    grade_reason) and exact answer (the short answer inside `answer`, `exact_answer_*`).
 
-    Question and prompt
-        question:       the question text.
-        prompt:         the full prompt string fed to the model (template applied).
-        gold:           the canonical gold answer (`gold_aliases[0]`).
-        gold_aliases:   every accepted gold answer, canonical first.
-
-    Generation
-        answer:         the generated text, decoded from `answer_token_ids` (stop token excluded).
+    Args:
+        id: the question's id (unique within a task).
+        task: the task (dataset slice) the question belongs to.
+        skill: the skill the task tests ("factual", "arithmetic", ...).
+        split: "train" or "test", derived from a hash of `id` (stable across runs).
+        question: the question text.
+        prompt: the full prompt string fed to the model (template applied).
+        gold: the canonical gold answer (`gold_aliases[0]`).
+        gold_aliases: every accepted gold answer, canonical first.
+        answer: the generated text, decoded from `answer_token_ids` (stop token excluded).
+        correct: True only when `category == "correct"` (refusals are False).
+        category: "correct" | "incorrect" | "refusal".
+        grade_reason: short human-readable explanation of the grade.
+        exact_answer: the exact substring of `answer`, or None when none was located.
+        exact_answer_source: how it was found: "gold_alias" | "candidate" | "number" |
+            "option" | "model" | "none".
+        exact_answer_reason: how it was found, or why not ("refusal", "no_match", ...).
+        exact_answer_char_span: `[start, end)` character span into `answer`
+            (`answer[start:end] == exact_answer`), or None.
+        exact_answer_token_span: `[start, end)` token span into
+            `prompt_token_ids + answer_token_ids` covering the exact answer (so
+            `len(prompt_token_ids) <= start < end <= len(full)`), or None.
+        exact_answer_token_text: those tokens decoded (contains `exact_answer`), or None.
         prompt_token_ids: the prompt's token ids exactly as the model saw them (unpadded).
         answer_token_ids: the generated token ids, without the stop token.
         token_logprobs: log-probability of each generated token, aligned with
-                        `answer_token_ids` (full precision).
-        stop_reason:    "eos" | "newline" | "max_tokens".
-        sample_index:   0 for the greedy answer; 0..K-1 for the K samples of a question.
-
-    Grade
-        correct:        True only when `category == "correct"` (refusals are False).
-        category:       "correct" | "incorrect" | "refusal".
-        grade_reason:   short human-readable explanation of the grade.
-
-    Exact answer (the short answer inside `answer`)
-        exact_answer:   the exact substring of `answer`, or None when none was located.
-        exact_answer_source: how it was found: "gold_alias" | "candidate" | "number" | "option"
-                        | "model" | "none".
-        exact_answer_reason: how it was found, or why not ("refusal", "no_match", ...).
-        exact_answer_char_span: `[start, end)` character span into `answer`
-                        (`answer[start:end] == exact_answer`), or None.
-        exact_answer_token_span: `[start, end)` token span into
-                        `prompt_token_ids + answer_token_ids` covering the exact answer (so
-                        `len(prompt_token_ids) <= start < end <= len(full)`), or None.
-        exact_answer_token_text: those tokens decoded (contains `exact_answer`), or None.
-
-    Other keys
-        extra:          keys added by later steps (e.g. "probe_score", "cluster"), in the order
-                        they were added; written after the fields above. `r[key]` reads and
-                        writes them like any other key.
+            `answer_token_ids` (full precision).
+        stop_reason: "eos" | "newline" | "max_tokens".
+        sample_index: 0 for the greedy answer; 0..K-1 for the K samples of a question.
+        extra: keys added by later steps (e.g. "probe_score", "cluster"), in the order they
+            were added; written after the fields above. `r[key]` reads and writes them like
+            any other key.
 
     A record read from a hand-made or partial line may lack some of the fields above: those
     keys are absent from the mapping (`key in r` is False, `r[key]` raises KeyError, `to_dict()`
     omits them) and their attributes hold the defaults shown in the signature. Only `id` and
     `task` are required.
+
+    >>> r = AnswerRecord.from_dict({"id": "FR", "task": "capitals", "answer": "Paris.",
+    ...                             "correct": True})
+    >>> r["correct"], r.correct, "gold" in r, list(r)
+    (True, True, False, ['id', 'task', 'answer', 'correct'])
+    >>> r["probe_score"] = 0.9  # a key a later step adds
+    >>> r.to_dict()
+    {'id': 'FR', 'task': 'capitals', 'answer': 'Paris.', 'correct': True, 'probe_score': 0.9}
     """
 
     id: str

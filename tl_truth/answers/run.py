@@ -140,6 +140,18 @@ def answer_questions(
 
     Returns:
         An `AnswerRun`: one `AnswerRecord` per answer and the summary (`located_rate` per class).
+
+    >>> from tl_truth.data import load_questions
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")  # random weights: every answer is wrong
+    >>> run = answer_questions(model, load_questions("capitals", limit=3),
+    ...                        GenerationConfig(max_new_tokens=8), extract_with_model=False,
+    ...                        progress=False)
+    >>> len(run.records), run.summary["n"], run.summary["locate"]
+    (3, 3, 'blind')
+    >>> r = run.records[0]
+    >>> r["category"] in ("correct", "incorrect", "refusal"), len(r["answer_token_ids"]) <= 8
+    (True, True)
     """
     config = config or GenerationConfig()
     fmt = fmt or default_format(model)

@@ -63,7 +63,30 @@ def located_rates(records: Sequence[Mapping]) -> dict:
 
 def summarize(records: Sequence[Mapping], dataset: QADataset | None = None) -> dict:
     """Counts, accuracy, refusals and exact-answer rates, overall and per task (the summary.json
-    document: rates are rounded to 4 places as written)."""
+    document: rates are rounded to 4 places as written).
+
+    Args:
+        records: `AnswerRecord`s or generations.jsonl dicts (need correct, category, split,
+            task, stop_reason and the exact_answer_* keys).
+        dataset: the questions, to report their name, count and skipped records.
+
+    Returns:
+        A dict: n, accuracy, categories, exact-answer rates (overall, correct, incorrect),
+        sources and failures, stop reasons, splits, ``per_task`` (the same per task) and,
+        with a dataset, ``dataset``.
+
+    >>> recs = [{"task": "t", "split": "train", "correct": True, "category": "correct",
+    ...          "exact_answer_token_span": [3, 4], "exact_answer_source": "candidate",
+    ...          "exact_answer_reason": "first_candidate", "stop_reason": "eos"},
+    ...         {"task": "t", "split": "test", "correct": False, "category": "refusal",
+    ...          "exact_answer_token_span": None, "exact_answer_source": "none",
+    ...          "exact_answer_reason": "refusal", "stop_reason": "eos"}]
+    >>> s = summarize(recs)
+    >>> s["n"], s["accuracy"], s["categories"], s["exact_answer_failures"]
+    (2, 0.5, {'correct': 1, 'refusal': 1}, {'refusal': 1})
+    >>> list(s["per_task"])
+    ['t']
+    """
 
     def block(rs: Sequence[Mapping]) -> dict:
         n = len(rs)

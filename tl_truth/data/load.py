@@ -36,6 +36,28 @@ def load_questions(spec: str | Sequence[Any] | QADataset, limit: int | None = No
     Accepts a built-in name (`capitals`, `city_country`, `currencies`, `elements`, `fanoutqa`,
     `arithmetic`), `format:path` (e.g. `triviaqa:data/unfiltered-web-dev.json`), a CSV / JSONL /
     JSON path, several of those joined by commas, a list of dicts or Questions, or a QADataset.
+
+    Args:
+        spec: the dataset: a name, `format:path`, a file path, comma-joined names/paths, a list
+            of dicts (``question`` + ``answer``/``answers``, see `loaders.load_user`) or
+            `Question`s, or a `QADataset` (returned limited).
+        limit: keep at most this many questions of each part. Built-in tasks are taken in a
+            fixed pseudo-random order, so a limit is a fair sample of both splits.
+
+    Returns:
+        A `QADataset`; several parts are concatenated, each task keeping its own candidates.
+
+    Raises:
+        ValueError: an unknown name or format, an empty spec, or a non-positive `limit`.
+
+    >>> ds = load_questions("capitals", limit=4)
+    >>> len(ds), ds.name, ds[0].task
+    (4, 'capitals', 'capitals')
+    >>> both = load_questions("capitals,arithmetic", limit=2)
+    >>> [q.task for q in both]
+    ['capitals', 'capitals', 'arithmetic', 'arithmetic']
+    >>> load_questions([{"question": "What is 2 + 2?", "answer": "4"}])[0].gold
+    '4'
     """
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be positive, got {limit}")

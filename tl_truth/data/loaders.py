@@ -103,8 +103,29 @@ def _accepted() -> str:
 def load_dataset_spec(
     spec: PathLike | Sequence[Mapping[str, Any] | Question], *, limit: int | None = None
 ) -> QADataset:
-    """Load `format:path` (e.g. "triviaqa:data/unfiltered-web-dev.json"), a user-data file
-    path, or a list of user records. Built-in task names are not handled here."""
+    r"""Load `format:path` (e.g. "triviaqa:data/unfiltered-web-dev.json"), a user-data file
+    path, or a list of user records. Built-in task names are not handled here.
+
+    Args:
+        spec: ``format:path`` with a format of `FORMATS`, a path to a user-data file, or a
+            list of user records (see `load_user`).
+        limit: keep the first `limit` usable questions.
+
+    Returns:
+        The `QADataset` of that format's loader.
+
+    Raises:
+        ValueError: an unknown format, a missing path, or a file whose format cannot be told.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = Path(d, "mine.csv")
+    ...     _ = path.write_text("question,answers\nCapital of Italy?,\"['Rome', 'Roma']\"\n")
+    ...     ds = load_dataset_spec(f"csv:{path}")
+    >>> ds.name, ds[0].answers
+    ('user', ('Rome', 'Roma'))
+    """
     if isinstance(spec, Path):
         return _load_path(spec, str(spec), limit)
     if not isinstance(spec, str):

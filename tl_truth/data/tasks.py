@@ -71,7 +71,22 @@ BUILTIN_TASKS: dict[str, Callable[[], QADataset]] = {
 
 
 def load_builtin(name: str) -> QADataset:
-    """The built-in task `name` (cached: do not mutate what you get back)."""
+    """The built-in task `name` (cached: do not mutate what you get back).
+
+    Args:
+        name: one of `BUILTIN_TASKS` ("capitals", "city_country", "currencies", "elements",
+            "fanoutqa", "arithmetic").
+
+    Returns:
+        The whole task as a `QADataset`, sorted by id (`load_questions` shuffles it stably).
+
+    Raises:
+        ValueError: an unknown name; ImportError: the task's data package is not installed.
+
+    >>> ds = load_builtin("elements")
+    >>> len(ds), ds[0].question, ds[0].gold
+    (118, 'What is the chemical symbol of Hydrogen?', 'H')
+    """
     try:
         builder = BUILTIN_TASKS[name]
     except KeyError:
@@ -82,7 +97,20 @@ def load_builtin(name: str) -> QADataset:
 
 
 def task_counts() -> dict[str, dict[str, int]]:
-    """{task: {"n", "train", "test"}} for every built-in task."""
+    """How many questions every built-in task has, in all and per split.
+
+    Args:
+        None.
+
+    Returns:
+        ``{task: {"n": ..., "train": ..., "test": ...}}`` for every task of `BUILTIN_TASKS`.
+
+    >>> counts = task_counts()
+    >>> counts["elements"]
+    {'n': 118, 'train': 74, 'test': 44}
+    >>> all(c["n"] == c["train"] + c["test"] for c in counts.values())
+    True
+    """
     out: dict[str, dict[str, int]] = {}
     for name in BUILTIN_TASKS:
         ds = load_builtin(name)

@@ -74,6 +74,24 @@ def load_user(
     Needs `question` and `answer` or `answers` (a list, or a list literal in a CSV cell);
     optional `id`, `task` (default "user"), `skill` (default "factual"), `grade`, `options`.
     `kind` forces the file reader ("csv", "json", "jsonl"...) whatever the extension.
+
+    Args:
+        data: a path to a .csv/.tsv/.json/.jsonl/.parquet file (gzip allowed except parquet),
+            or a list of dicts or `Question`s.
+        limit: keep the first `limit` usable questions (and stop reading there).
+        kind: force the file reader whatever the extension.
+
+    Returns:
+        A `QADataset` named "user"; unusable rows are counted in `skipped` by reason.
+
+    Raises:
+        ValueError: no question or answer column, or no usable row at all.
+
+    >>> ds = load_user([{"question": "What is 2 + 2?", "answer": "4", "grade": "numeric"},
+    ...                 {"question": "Capital of Italy?", "answers": ["Rome", "Roma"]},
+    ...                 {"question": "", "answer": "x"}])
+    >>> len(ds), ds[1].answers, ds[0].task, ds.skipped
+    (2, ('Rome', 'Roma'), 'user', {'empty_question': 1})
     """
     if isinstance(data, (str, Path)):
         return _load_file("user", data, _convert_user, limit, kind=kind)
