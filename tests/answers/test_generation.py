@@ -7,6 +7,7 @@ import torch
 
 from tl_truth.answers.generation import GenerationConfig, decode_state, generate_ids
 from tl_truth.models import backend_of
+from tl_truth.testing import BACKENDS, tiny_model
 
 pytestmark = pytest.mark.backend
 
@@ -142,3 +143,44 @@ def test_same_generation_settings_ignores_speed_only_switches():
     assert same_generation_settings(saved, GenerationConfig(5, 1.0, 3, share_prompt_pass=False))
     assert not same_generation_settings(saved, GenerationConfig(5, 1.0, 4))
     assert not same_generation_settings(None, cfg)
+
+
+@pytest.mark.parametrize("temperature,k", [(0.0, 1), (1.0, 2)])
+def test_checkpointed_generation_resumes_identically(tmp_path, monkeypatch, temperature, k):
+    """A run killed after some batches resumes from its checkpoint with identical results
+    (sampled runs too: the sampler's state is saved per batch) and decodes only the rest."""
+    from tl_truth.answers import generation as g
+
+    model = tiny_model("llama", BACKENDS[0])
+    ids = [
+        model.tokenizer(f"Q: {w} is?\nA:").input_ids for w in ("Paris", "Rome x", "a b c d", "Oslo")
+    ]
+    cfg = g.GenerationConfig(
+        max_new_tokens=4, temperature=temperature, num_samples=k, batch_size=2, seed=3
+    )
+    reference = g.generate_ids(model, ids, cfg, progress=False)
+    ck = tmp_path / "gen.ckpt.jsonl"
+    g.generate_ids(model, ids, cfg, progress=False, checkpoint=ck)
+    lines = ck.read_text().splitlines()
+    n_batches = len(lines) - 1
+    assert n_batches == (len(ids) * k + 1) // 2
+    ck.write_text("\n".join(lines[:2]) + "\n" + lines[2][:25])  # killed mid-write of batch 2
+    calls = []
+    real = g._decode_batch
+    monkeypatch.setattr(g, "_decode_batch", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    resumed = g.generate_ids(model, ids, cfg, progress=False, checkpoint=ck)
+    assert resumed == reference
+    assert len(calls) == n_batches - 1  # batch 0 came from the checkpoint
+
+
+def test_checkpoint_of_other_settings_is_refused(tmp_path):
+    from tl_truth.answers import generation as g
+
+    model = tiny_model("llama", BACKENDS[0])
+    ids = [model.tokenizer("Q: x?\nA:").input_ids]
+    ck = tmp_path / "gen.ckpt.jsonl"
+    g.generate_ids(model, ids, g.GenerationConfig(max_new_tokens=2), progress=False, checkpoint=ck)
+    with pytest.raises(ValueError, match="gen.ckpt.jsonl"):
+        g.generate_ids(
+            model, ids, g.GenerationConfig(max_new_tokens=3), progress=False, checkpoint=ck
+        )

@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +28,8 @@ from tqdm.auto import tqdm
 from tl_truth.answers.decode_step import _STATE, DecodeState, _stepper
 from tl_truth.answers.decode_step import decode_state as decode_state
 from tl_truth.answers.prompts import PromptFormat, default_format
-from tl_truth.models import model_device
+from tl_truth.checkpoint import JsonlCheckpoint, batches, digest
+from tl_truth.models import model_device, model_info
 
 
 @dataclass
@@ -162,8 +164,14 @@ def generate_ids(
     stop_at_newline: bool = False,
     progress: bool = True,
     desc: str = "generate",
+    checkpoint: str | Path | None = None,
 ) -> list[list[dict]]:
     """Decode from token-id prompts (the loop under `generate`, for prompts already tokenised).
+
+    With `checkpoint`, every finished batch is appended to that JSONL file (with the sampler's
+    random state), and a re-run with the same prompts, settings and model skips the batches
+    already there: a killed run resumes with the results an uninterrupted one gives, token for
+    token. The caller deletes the file once the results are stored.
 
     Args:
         model: a HookedTransformer or TransformerBridge (`tl_truth.load_model`).
@@ -171,7 +179,8 @@ def generate_ids(
         config: generation settings (`GenerationConfig()` by default).
         stop_at_newline: also stop at any token whose text holds a newline.
         progress: show a progress bar.
-        desc: the progress bar's label.
+        desc: the progress bar's label (and the checkpoint's stage name).
+        checkpoint: a JSONL file to append finished batches to and resume from (None: off).
 
     Returns:
         Per prompt, K dicts (K = `config.num_samples`) with ``answer_token_ids``,
@@ -213,9 +222,24 @@ def generate_ids(
     rows = [(i, k) for i in range(len(prompt_ids)) for k in range(cfg.num_samples)]
     rows.sort(key=lambda r: len(prompt_ids[r[0]]))
     out: list[list[dict | None]] = [[None] * cfg.num_samples for _ in prompt_ids]
+    ckpt = JsonlCheckpoint(
+        checkpoint,
+        key=digest(
+            "generate_ids", vars(cfg), stop_at_newline, model_info(model).fingerprint, prompt_ids
+        ),
+        stage=desc,
+    )
+    done = ckpt.done()
     bar = tqdm(total=len(rows), desc=desc, disable=not progress, unit="ans")
-    for start in range(0, len(rows), cfg.batch_size):
-        batch_rows = rows[start : start + cfg.batch_size]
+    for b, start, end in batches(len(rows), cfg.batch_size):
+        batch_rows = rows[start:end]
+        if b in done:  # finished before the run was killed: its results and random state
+            results = done[b]["results"]
+            gen.set_state(torch.tensor(done[b]["rng"], dtype=torch.uint8))
+            for (i, k), res in zip(batch_rows, results, strict=True):
+                out[i][k] = res
+            bar.update(len(batch_rows))
+            continue
         results = _decode_batch(
             model,
             [prompt_ids[i] for i, _ in batch_rows],
@@ -228,6 +252,8 @@ def generate_ids(
         )
         for (i, k), res in zip(batch_rows, results, strict=False):
             out[i][k] = res
+        # one item per batch: its results and the sampler's state after it
+        ckpt.append(b, {"results": results, "rng": gen.get_state().tolist()})
         bar.update(len(batch_rows))
     bar.close()
     return out  # type: ignore[return-value]
@@ -333,6 +359,7 @@ def generate(
     config: GenerationConfig | None = None,
     fmt: PromptFormat | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> list[list[Generation]]:
     """Answer questions: render the prompts, tokenise them and decode (hooks fire every step).
 
@@ -342,6 +369,8 @@ def generate(
         config: generation settings (greedy, 48 new tokens by default).
         fmt: the prompt format (default: `default_format(model)`).
         progress: show a progress bar.
+        checkpoint: a JSONL file that finished batches are appended to, so a killed call
+            resumes where it stopped with identical results (see `generate_ids`).
 
     Returns:
         Per question, `config.num_samples` `Generation`s, in question order.
@@ -364,7 +393,9 @@ def generate(
     prompt_ids = tokenize_prompts(tok, prompts, fmt)
     stop_nl = fmt.stop_at_newline if cfg.stop_at_newline is None else cfg.stop_at_newline
     t0 = time.perf_counter()
-    raw = generate_ids(model, prompt_ids, cfg, stop_at_newline=stop_nl, progress=progress)
+    raw = generate_ids(
+        model, prompt_ids, cfg, stop_at_newline=stop_nl, progress=progress, checkpoint=checkpoint
+    )
     elapsed = time.perf_counter() - t0
     result = []
     for prompt, ids, samples in zip(prompts, prompt_ids, raw, strict=False):

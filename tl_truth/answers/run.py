@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tl_truth.answers.answer_run import (
@@ -46,13 +47,16 @@ from tl_truth.data.questions import QADataset, Question
 from tl_truth.models import model_info
 
 __all__ = [
+    "EXTRACT_CHECKPOINT",
     "FIGURE_FILE",
+    "GENERATE_CHECKPOINT",
     "GENERATIONS_FILE",
     "LOCATED_GAP_WARNING",
     "SUMMARY_FILE",
     "AnswerRun",
     "answer_questions",
     "build_record",
+    "clear_checkpoints",
     "located_rates",
     "model_extractions",
     "read_records",
@@ -95,10 +99,28 @@ def build_record(
     )
 
 
+GENERATE_CHECKPOINT = "generate.ckpt.jsonl"
+EXTRACT_CHECKPOINT = "extract.ckpt.jsonl"
+
+
+def clear_checkpoints(out_dir: str | Path, names: Sequence[str] | None = None) -> None:
+    """Delete the batch checkpoints of `out_dir` (all `*.ckpt.jsonl`, or those `names`)."""
+    out = Path(out_dir)
+    for f in [out / n for n in names] if names is not None else out.glob("*.ckpt.jsonl"):
+        f.unlink(missing_ok=True)
+
+
 def model_extractions(
-    model: Any, pairs: Sequence[tuple[Question, str]], batch_size: int = 32, progress: bool = True
+    model: Any,
+    pairs: Sequence[tuple[Question, str]],
+    batch_size: int = 32,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> list[str]:
-    """The paper's fallback: ask a model to extract the short answer (accepted only if substring)."""
+    """The paper's fallback: ask a model to extract the short answer (accepted only if substring).
+
+    `checkpoint`: a JSONL file finished batches are appended to (a killed call resumes there).
+    """
     if not pairs:
         return []
     tok = model.tokenizer
@@ -112,6 +134,7 @@ def model_extractions(
         stop_at_newline=True,
         progress=progress,
         desc="extract",
+        checkpoint=checkpoint,
     )
     return [clean_extraction(tok.decode(r[0]["answer_token_ids"])) for r in raw]
 
@@ -124,6 +147,7 @@ def answer_questions(
     extract_with_model: bool = True,
     progress: bool = True,
     locate: Locate = "blind",
+    checkpoint_dir: str | Path | None = None,
 ) -> AnswerRun:
     """Generate, grade and locate the exact answer for every question (K samples each).
 
@@ -137,6 +161,10 @@ def answer_questions(
         locate: "blind" (default) locates the exact answer without reading the gold or the
             grade, the same way for right and wrong answers; "paper" uses the gold alias of
             correct answers first, as Orgad et al. (see `tl_truth.answers.exact_answer`).
+        checkpoint_dir: where generation and extraction append their finished batches
+            (`generate.ckpt.jsonl`, `extract.ckpt.jsonl`), so a killed call resumes there with
+            identical results; the caller deletes them (`clear_checkpoints`) once the answers
+            are saved. None: no checkpoints.
 
     Returns:
         An `AnswerRun`: one `AnswerRecord` per answer and the summary (`located_rate` per class).
@@ -157,7 +185,15 @@ def answer_questions(
     fmt = fmt or default_format(model)
     tok = model.tokenizer
     t0 = time.perf_counter()
-    gens = generate(model, dataset.questions, config, fmt, progress=progress)
+    ck = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    gens = generate(
+        model,
+        dataset.questions,
+        config,
+        fmt,
+        progress=progress,
+        checkpoint=ck / GENERATE_CHECKPOINT if ck else None,
+    )
     t_gen = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -174,7 +210,11 @@ def answer_questions(
     todo = [i for i, e in enumerate(exacts) if e.source == "none" and e.reason == "no_match"]
     if extract_with_model and todo:
         outs = model_extractions(
-            model, [(flat[i][0], flat[i][1].text) for i in todo], config.batch_size, progress
+            model,
+            [(flat[i][0], flat[i][1].text) for i in todo],
+            config.batch_size,
+            progress,
+            checkpoint=ck / EXTRACT_CHECKPOINT if ck else None,
         )
         for i, out in zip(todo, outs, strict=False):
             q, g = flat[i]
