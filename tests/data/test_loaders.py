@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tl_truth.data import hub, loaders
+from tl_truth.data import hub, load_questions, loaders
 from tl_truth.data.loaders import (
     FORMATS,
     IMDB_LABELS,
@@ -413,3 +413,13 @@ def test_load_hub_converts_hf_rows(monkeypatch):
     assert [(q.id, q.gold, q.task) for q in ds] == [("7", "entailment", "mnli")]
     assert ds.skipped == {"no_gold_label": 1}
     assert ds.source == "hf:nyu-mll/glue/mnli[validation_matched]"
+
+
+@pytest.mark.parametrize("name", ["q.csv", "q.jsonl", "q.json", "q.csv.gz", "q.parquet"])
+def test_unreadable_file_error_names_the_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(bytes(range(128, 256)) * 20)  # binary, not UTF-8, not gzip, not parquet
+    with pytest.raises(ValueError, match=str(path)):
+        load_questions(str(path))
+    with pytest.raises(ValueError, match=str(path)):
+        load_questions(f"triviaqa:{path}")

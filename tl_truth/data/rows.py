@@ -52,8 +52,27 @@ def _open_text(path: Path, encoding: str = "utf-8") -> IO[str]:
 
 
 def _iter_rows(path: Path, kind: str | None = None) -> Iterator[Row | None]:
-    """Records of a file as dicts; None stands for a record that could not be parsed."""
-    kind = kind or _kind(path)
+    """Records of a file as dicts; None stands for a record that could not be parsed.
+
+    A file that cannot be read as its kind at all (binary, wrong encoding, a broken gzip or
+    parquet file) raises ValueError naming the file, never a bare decoder error.
+    """
+    try:
+        yield from _rows_of_kind(path, kind or _kind(path))
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 text ({e.reason}); is it a binary file, or "
+            "another encoding? Save it as UTF-8 CSV / JSON / JSONL"
+        ) from e
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+    except Exception as e:
+        if type(e).__module__.startswith("pyarrow"):
+            raise ValueError(f"{path}: not a readable parquet file ({e})") from e
+        raise
+
+
+def _rows_of_kind(path: Path, kind: str) -> Iterator[Row | None]:
     if kind == "jsonl":
         return _jsonl_rows(path)
     if kind == "json":
