@@ -24,7 +24,19 @@ from tl_truth.config import (
     defaults,
     parse_layers,
 )
-from tl_truth.studies import jobs
+from tl_truth.studies import intervention_jobs, job_setup, jobs, run_jobs, sample_jobs
+
+JOB_MODULES = (jobs, job_setup, run_jobs, sample_jobs, intervention_jobs)
+
+
+def patch_jobs(monkeypatch, name: str, value) -> None:
+    """Replace `name` in the job modules (`tl_truth.studies.jobs` re-exports them, and each
+    job looks its collaborators up in its own module)."""
+    modules = [m for m in JOB_MODULES if hasattr(m, name)]
+    assert modules, name
+    for m in modules:
+        monkeypatch.setattr(m, name, value)
+
 
 # Every flag and default of `tl-truth` before the configs existed (parity).
 _COMMON = {
@@ -198,7 +210,7 @@ def record(calls: list, name: str, result=None):
 
 def test_select_with_a_dataset_resamples_first(monkeypatch, tmp_path):
     calls: list = []
-    monkeypatch.setattr(jobs, "resample_job", record(calls, "resample"))
+    patch_jobs(monkeypatch, "resample_job", record(calls, "resample"))
     argv = ["select", "--dataset", "capitals", "--k", "3", "--limit", "8", "--out", str(tmp_path)]
     with pytest.raises(Stop):
         cli.main(argv)
@@ -208,7 +220,7 @@ def test_select_with_a_dataset_resamples_first(monkeypatch, tmp_path):
 
 
 def test_select_without_dataset_or_samples_reads_out(monkeypatch, tmp_path):
-    monkeypatch.setattr(jobs, "resample_job", record([], "resample"))
+    patch_jobs(monkeypatch, "resample_job", record([], "resample"))
     assert cli.main(["select", "--out", str(tmp_path)]) == 2  # no samples there: a clear error
     with pytest.raises(FileNotFoundError, match="no samples in"):
         jobs.select_job(RunOptions.for_command("select", out=str(tmp_path)))
@@ -216,7 +228,7 @@ def test_select_without_dataset_or_samples_reads_out(monkeypatch, tmp_path):
 
 def test_steer_without_probe_or_run_makes_its_run(monkeypatch, tmp_path):
     calls: list = []
-    monkeypatch.setattr(jobs, "ensure_run", record(calls, "ensure_run"))
+    patch_jobs(monkeypatch, "ensure_run", record(calls, "ensure_run"))
     argv = ["steer", "--dataset", "capitals", "--limit", "8", "--layers", "10", "--hook"]
     argv += ["resid_mid", "--train-limit", "50", "--out", str(tmp_path)]
     with pytest.raises(Stop):
@@ -230,9 +242,9 @@ def test_steer_without_probe_or_run_makes_its_run(monkeypatch, tmp_path):
 
 def test_steer_with_a_run_or_probe_makes_none(monkeypatch, tmp_path):
     calls: list = []
-    monkeypatch.setattr(jobs, "ensure_run", record(calls, "ensure_run"))
-    monkeypatch.setattr(jobs, "load_model_for", lambda options: "model")
-    monkeypatch.setattr(jobs, "model_info", record(calls, "model_info"))
+    patch_jobs(monkeypatch, "ensure_run", record(calls, "ensure_run"))
+    patch_jobs(monkeypatch, "load_model_for", lambda options: "model")
+    patch_jobs(monkeypatch, "model_info", record(calls, "model_info"))
     for flag in ("--from-run", "--probe"):
         with pytest.raises(Stop):
             cli.main(["steer", flag, str(tmp_path), "--out", str(tmp_path)])
@@ -242,8 +254,8 @@ def test_steer_with_a_run_or_probe_makes_none(monkeypatch, tmp_path):
 
 def test_resample_and_generalize_make_their_runs(monkeypatch, tmp_path):
     calls: list = []
-    monkeypatch.setattr(jobs, "ensure_run", record(calls, "ensure_run"))
-    monkeypatch.setattr(jobs, "load_questions", lambda spec, limit: f"questions {spec} {limit}")
+    patch_jobs(monkeypatch, "ensure_run", record(calls, "ensure_run"))
+    patch_jobs(monkeypatch, "load_questions", lambda spec, limit: f"questions {spec} {limit}")
     with pytest.raises(Stop):
         cli.main(["resample", "--dataset", "elements", "--limit", "4", "--out", str(tmp_path)])
     with pytest.raises(Stop):
@@ -256,7 +268,7 @@ def test_resample_and_generalize_make_their_runs(monkeypatch, tmp_path):
 
 def test_patch_without_samples_resamples_into_out_samples(monkeypatch, tmp_path):
     calls: list = []
-    monkeypatch.setattr(jobs, "resample_job", record(calls, "resample"))
+    patch_jobs(monkeypatch, "resample_job", record(calls, "resample"))
     with pytest.raises(Stop):
         cli.main(["patch", "--dataset", "capitals", "--k", "5", "--out", str(tmp_path)])
     [(_, (options, resampling, from_run, _probing, _model), _)] = calls
@@ -267,7 +279,7 @@ def test_missing_datasets_names_the_hub_extra(monkeypatch, capsys):
     def fail(*args, **kwargs):
         raise ModuleNotFoundError("No module named 'datasets'", name="datasets")
 
-    monkeypatch.setattr(jobs, "generate_job", fail)
+    patch_jobs(monkeypatch, "generate_job", fail)
     assert cli.main(["generate"]) == 2
     assert "tl_truth[hub]" in capsys.readouterr().err
 

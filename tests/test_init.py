@@ -20,14 +20,19 @@ PUBLIC = {
     "generate", "grade", "find_exact_answer", "resolve_positions", "NAMED_POSITIONS",
     # probing
     "capture", "ActivationStore", "fit_probe_grid", "ProbeGrid", "Probe", "ProbeMismatchError",
-    "evaluate_baselines", "score_records", "roc_auc", "bootstrap_auc_ci",
+    "evaluate_baselines", "score_records", "roc_auc", "bootstrap_auc_ci", "logit_scores",
     # intervention
     "Direction", "from_probe", "random_like", "steer", "steering_hook", "probe_metric",
     "logit_metric", "patch_metrics",
     # studies
     "run", "ProbeReport", "resample", "Resampling", "select_answers", "SelectionResult",
     "error_type_report", "ErrorTypeReport", "generalization_matrix", "GeneralizationResult",
-    "patching_study", "PatchStudy", "steering_sweep", "SteeringResult",
+    "patching_study", "PatchStudy", "steering_sweep", "SteeringResult", "knows_more_pairs",
+    # config: the settings of every job (the `tl-truth` flags fill the same dataclasses)
+    "RunOptions", "ProbeConfig", "SteeringConfig", "ResampleConfig", "SelectConfig",
+    "GeneralizeConfig", "PatchConfig",
+    # tiny random models for trying the library (and for doctests)
+    "testing",
     "__version__",
 }  # fmt: skip
 
@@ -65,3 +70,18 @@ def test_subpackages_follow_the_pipeline():
         assert pkg.__all__, pkg.__name__
         for name in pkg.__all__:
             assert hasattr(pkg, name), f"{pkg.__name__}.{name}"
+
+
+def test_new_surface_is_the_same_objects():
+    import tl_truth.config
+    import tl_truth.probing
+    import tl_truth.studies.patch_study
+    import tl_truth.testing
+
+    assert tt.logit_scores is tl_truth.probing.logit_scores
+    assert tt.knows_more_pairs is tl_truth.studies.patch_study.knows_more_pairs
+    assert tt.testing is tl_truth.testing and callable(tt.testing.tiny_model)
+    for name in ("RunOptions", "ProbeConfig", "SteeringConfig", "ResampleConfig"):
+        assert getattr(tt, name) is getattr(tl_truth.config, name)
+    for name in ("SelectConfig", "GeneralizeConfig", "PatchConfig"):
+        assert getattr(tt, name) is getattr(tl_truth.config, name)

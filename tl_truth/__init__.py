@@ -18,12 +18,21 @@ One import covers the whole job, in the order the package is laid out::
 probe grid, baselines and controls, written as report.json / report.md / probe_grid.png.
 The studies (`resample`, `select_answers`, `error_type_report`, `generalization_matrix`,
 `patching_study`, `steering_sweep`) return results with `to_dataframe()`, `plot(ax=None)`,
-`save(dir)` and `load(dir)`.
+`save(dir)` and `load(dir)`. The settings of every job are the config dataclasses of
+`tl_truth.config` (`RunOptions`, `ProbeConfig`, `SteeringConfig`, ...), the same ones the
+`tl-truth` flags fill. `tt.testing.tiny_model("llama")` is a tiny random model (no download)
+to try any of this on:
+
+>>> import tl_truth as tt
+>>> model = tt.testing.tiny_model("llama")
+>>> tt.model_info(model).n_layers
+2
 """
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
+from tl_truth import testing  # `tt.testing.tiny_model`: a tiny random model, no download
 from tl_truth.answers import (
     NAMED_POSITIONS,
     AnswerRun,
@@ -35,6 +44,15 @@ from tl_truth.answers import (
     grade,
     parse_format,
     resolve_positions,
+)
+from tl_truth.config import (
+    GeneralizeConfig,
+    PatchConfig,
+    ProbeConfig,
+    ResampleConfig,
+    RunOptions,
+    SelectConfig,
+    SteeringConfig,
 )
 from tl_truth.data import QADataset, Question, load_questions, make_question
 from tl_truth.intervention import (
@@ -57,6 +75,7 @@ from tl_truth.probing import (
     capture,
     evaluate_baselines,
     fit_probe_grid,
+    logit_scores,
     roc_auc,
     score_records,
 )
@@ -76,6 +95,7 @@ from tl_truth.studies import (
     steering_sweep,
 )
 from tl_truth.studies import run_all as run
+from tl_truth.studies.patch_study import knows_more_pairs
 
 try:
     __version__ = _version("tl_truth")
@@ -89,18 +109,25 @@ __all__ = [
     "Direction",
     "ErrorTypeReport",
     "GeneralizationResult",
+    "GeneralizeConfig",
     "GenerationConfig",
     "ModelInfo",
+    "PatchConfig",
     "PatchStudy",
     "Probe",
+    "ProbeConfig",
     "ProbeGrid",
     "ProbeMismatchError",
     "ProbeReport",
     "PromptFormat",
     "QADataset",
     "Question",
+    "ResampleConfig",
     "Resampling",
+    "RunOptions",
+    "SelectConfig",
     "SelectionResult",
+    "SteeringConfig",
     "SteeringResult",
     "__version__",
     "answer_questions",
@@ -115,9 +142,11 @@ __all__ = [
     "generate",
     "grade",
     "hook_name",
+    "knows_more_pairs",
     "load_model",
     "load_questions",
     "logit_metric",
+    "logit_scores",
     "make_question",
     "model_info",
     "parse_format",
@@ -134,4 +163,5 @@ __all__ = [
     "steer",
     "steering_hook",
     "steering_sweep",
+    "testing",
 ]

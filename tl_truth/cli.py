@@ -3,6 +3,7 @@
 Each subcommand parses its flags into the configs of `tl_truth.config` (their defaults are the
 flags' defaults), calls its job in `tl_truth.studies.jobs` and prints the result. A flag's
 `dest` is `<config>.<field>` (e.g. `steering.alphas`), so every flag lands in one config field.
+The flag groups and `configs_from_args` live in `tl_truth.cli_options`.
 """
 
 from __future__ import annotations
@@ -12,307 +13,27 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tl_truth.cli_options import (
+    _FOR_ITS_RUN,
+    _Formatter,
+    _generalization,
+    _patching,
+    _probing,
+    _resampling,
+    _run_options,
+    _steering,
+    configs_from_args,
+)
 from tl_truth.config import (
-    BACKENDS,
     SPLITS,
-    UNITS,
-    GeneralizeConfig,
-    PatchConfig,
-    ProbeConfig,
-    ResampleConfig,
-    RunOptions,
-    SteeringConfig,
     defaults,
     parse_layers,  # noqa: F401  (`tl_truth.cli.parse_layers`, as before)
 )
-from tl_truth.intervention.steering import SCOPES
-from tl_truth.models import BUILTIN_MODELS, HOOK_KINDS
 from tl_truth.studies import jobs
 from tl_truth.studies.jobs import finished_samples as _finished_samples  # noqa: F401 (old path)
-
-# ---------------------------------------------------------------------------------------------
-# Flags, by config: defaults from the subcommand's configs (`tl_truth.config.defaults`)
-
-
-def _csv(value: Any) -> str | None:
-    """A default as the comma-separated text the flag takes (None stays None)."""
-    if value is None or isinstance(value, str):
-        return value
-    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-
-
-def _run_options(p: argparse.ArgumentParser, d: RunOptions, dataset_help: str = "") -> None:
-    p.add_argument(
-        "--model",
-        dest="options.model",
-        default=d.model,
-        help=f"built-in ({', '.join(BUILTIN_MODELS)}), HF directory, .gguf file or hub id",
-    )
-    p.add_argument(
-        "--backend",
-        dest="options.backend",
-        choices=BACKENDS,
-        default=d.backend,
-        help="TransformerBridge or HookedTransformer",
-    )
-    p.add_argument(
-        "--compat",
-        dest="options.compat",
-        action="store_true",
-        default=d.compat,
-        help="TransformerBridge compatibility mode (HookedTransformer-style weights)",
-    )
-    p.add_argument(
-        "--dataset",
-        dest="options.dataset",
-        default=d.dataset,
-        help="built-in task(s), format:path, or a CSV/JSONL file; comma-separated" + dataset_help,
-    )
-    p.add_argument(
-        "--limit",
-        dest="options.limit",
-        type=int,
-        default=d.limit,
-        help="questions per dataset part",
-    )
-    p.add_argument("--out", dest="options.out", default=d.out, help="output directory")
-    p.add_argument(
-        "--prompt",
-        dest="options.prompt",
-        default=d.prompt,
-        help="auto | chat | qa | a template with {question}",
-    )
-    p.add_argument(
-        "--max-new-tokens",
-        dest="options.max_new_tokens",
-        type=int,
-        default=d.max_new_tokens,
-        help="answer length limit in tokens",
-    )
-    p.add_argument(
-        "--batch-size",
-        dest="options.batch_size",
-        type=int,
-        default=d.batch_size,
-        help="prompts per generation batch",
-    )
-    p.add_argument(
-        "--model-extract",
-        dest="options.model_extract",
-        action=argparse.BooleanOptionalAction,
-        default=d.model_extract,
-        help="the model-based exact-answer extraction fallback (--no-model-extract: skip it)",
-    )
-    p.add_argument(
-        "--device", dest="options.device", default=d.device, help="torch device; None: auto"
-    )
-    p.add_argument(
-        "--threads", dest="options.threads", type=int, default=d.threads, help="torch CPU threads"
-    )
-    p.add_argument(
-        "--quiet",
-        dest="options.quiet",
-        action="store_true",
-        default=d.quiet,
-        help="no progress bars",
-    )
-
-
-_FOR_ITS_RUN = " (for the run it makes when given no --from-run)"
-
-
-def _probing(
-    p: argparse.ArgumentParser,
-    d: ProbeConfig,
-    flags: tuple[str, ...] = (
-        "hooks",
-        "layers",
-        "positions",
-        "n_boot",
-        "p_true",
-        "locate",
-        "n_perm",
-    ),
-    note: str = "",
-) -> None:
-    if "hooks" in flags:
-        p.add_argument(
-            "--hooks",
-            dest="probing.hooks",
-            default=_csv(d.hooks),
-            help=f"hook kinds, comma-separated: {','.join(HOOK_KINDS)}" + note,
-        )
-    if "layers" in flags:
-        p.add_argument(
-            "--layers",
-            dest="probing.layers",
-            default=_csv(d.layers),
-            help="all, every:K, or comma-separated indices" + note,
-        )
-    if "positions" in flags:
-        p.add_argument(
-            "--positions",
-            dest="probing.positions",
-            default=_csv(d.positions),
-            help="comma-separated named positions; None: all" + note,
-        )
-    if "n_boot" in flags:
-        p.add_argument(
-            "--n-boot",
-            dest="probing.n_boot",
-            type=int,
-            default=d.n_boot,
-            help="bootstrap replicates for CIs",
-        )
-    if "p_true" in flags:
-        p.add_argument(
-            "--p-true",
-            dest="probing.p_true",
-            action=argparse.BooleanOptionalAction,
-            default=d.p_true,
-            help="score the p(True) baseline" + note,
-        )
-    if "locate" in flags:
-        p.add_argument(
-            "--locate",
-            dest="probing.locate",
-            choices=["blind", "paper"],
-            default=d.locate,
-            help="blind: find the exact answer without reading the gold (same procedure for "
-            "right and wrong answers); paper: the gold alias of a correct answer first" + note,
-        )
-    if "n_perm" in flags:
-        p.add_argument(
-            "--n-perm",
-            dest="probing.n_perm",
-            type=int,
-            default=d.n_perm,
-            help="label permutations for the selected probe's null (0: none)" + note,
-        )
-
-
-def _resampling(p: argparse.ArgumentParser, d: ResampleConfig, note: str = "") -> None:
-    p.add_argument(
-        "--k",
-        dest="resampling.k",
-        type=int,
-        default=d.k,
-        help="samples per question (paper: 30)" + note,
-    )
-    p.add_argument(
-        "--temperature",
-        dest="resampling.temperature",
-        type=float,
-        default=d.temperature,
-        help="sampling temperature" + note,
-    )
-    p.add_argument(
-        "--seed", dest="resampling.seed", type=int, default=d.seed, help="sampling seed" + note
-    )
-
-
-def _steering(p: argparse.ArgumentParser, d: SteeringConfig) -> None:
-    p.add_argument(
-        "--layers",
-        dest="steering.layers",
-        default=_csv(d.layers),
-        help="layers to steer; None: the run's best layer",
-    )
-    p.add_argument(
-        "--alphas",
-        dest="steering.alphas",
-        default=_csv(d.alphas),
-        help="strengths, comma-separated",
-    )
-    p.add_argument(
-        "--units",
-        dest="steering.units",
-        choices=UNITS,
-        default=d.units,
-        help="alpha in SDs of the projection onto the direction, or absolute",
-    )
-    p.add_argument(
-        "--scope", dest="steering.scope", default=d.scope, choices=SCOPES, help="tokens to push"
-    )
-    p.add_argument(
-        "--n-random",
-        dest="steering.n_random",
-        type=int,
-        default=d.n_random,
-        help="random directions per setting",
-    )
-    p.add_argument(
-        "--hook",
-        dest="steering.hook_kind",
-        choices=HOOK_KINDS,
-        default=d.hook_kind,
-        help="hook kind of the probes refitted from a run (and captured by the run steer makes)",
-    )
-    p.add_argument(
-        "--train-limit",
-        dest="steering.train_limit",
-        type=int,
-        default=d.train_limit,
-        help="questions per dataset part for the run steer makes when given no --probe or "
-        "--from-run; None: all (--limit counts the held-out test questions steered)",
-    )
-
-
-def _generalization(p: argparse.ArgumentParser, d: GeneralizeConfig) -> None:
-    p.add_argument(
-        "--positions",
-        dest="generalization.positions",
-        default=_csv(d.positions) or "all",
-        help="candidate positions for each task's best cell (`all`: every captured one)",
-    )
-
-
-def _patching(p: argparse.ArgumentParser, d: PatchConfig) -> None:
-    p.add_argument(
-        "--layers",
-        dest="patching.layers",
-        default=_csv(d.layers),
-        help="all, every:K, or comma-separated",
-    )
-    p.add_argument(
-        "--hook",
-        dest="patching.hook_kind",
-        default=d.hook_kind,
-        choices=HOOK_KINDS,
-        help="where to patch (resid_pre: a layer's input)",
-    )
-    p.add_argument(
-        "--split",
-        dest="patching.split",
-        default=d.split,
-        choices=SPLITS,
-        help="questions to patch",
-    )
-    p.add_argument(
-        "--max-questions",
-        dest="patching.max_questions",
-        type=int,
-        default=d.max_questions,
-        help="at most this many questions; None: all",
-    )
-
-
-def configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The job's configs: the subcommand's defaults with every `<config>.<field>` flag applied."""
-    configs = {}
-    for name, default in defaults(args.command).items():
-        given = {
-            key.split(".", 1)[1]: value
-            for key, value in vars(args).items()
-            if key.startswith(name + ".")
-        }
-        configs[name] = replace(default, **given)
-    return configs
-
 
 # ---------------------------------------------------------------------------------------------
 # Subcommands: call the job, print
@@ -325,6 +46,21 @@ def _markdown(result: Any) -> str:
 
 
 def cmd_generate(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    """`tl-truth generate`: answer and grade (`jobs.generate_job`), print per-task accuracy.
+
+    Args:
+        args: the parsed arguments (`build_parser`).
+        cfg: the job's configs (`configs_from_args(args)`).
+
+    Returns:
+        The exit status (0).
+
+    It loads the model `--model` names (a download), so the example is not run:
+
+    >>> args = build_parser().parse_args(["generate", "--dataset", "capitals", "--limit", "8"])
+    >>> cmd_generate(args, configs_from_args(args))  # doctest: +SKIP
+    0
+    """
     run = jobs.generate_job(**cfg)
     out = Path(cfg["options"].out)
     s = run.summary
@@ -344,6 +80,21 @@ def cmd_generate(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
 
 
 def cmd_run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    """`tl-truth run`: the main job (`jobs.run_job`), print its report.
+
+    Args:
+        args: the parsed arguments (`build_parser`).
+        cfg: the job's configs (`configs_from_args(args)`).
+
+    Returns:
+        The exit status (0).
+
+    It loads the model `--model` names (a download), so the example is not run:
+
+    >>> args = build_parser().parse_args(["run", "--dataset", "capitals", "--limit", "40", "--n-boot", "100"])
+    >>> cmd_run(args, configs_from_args(args))  # doctest: +SKIP
+    0
+    """
     report = jobs.run_job(**cfg)
     print()
     print(_markdown(report))
@@ -353,6 +104,21 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
 
 
 def cmd_steer(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    """`tl-truth steer`: the steering sweep (`jobs.steer_job`), print its table.
+
+    Args:
+        args: the parsed arguments (`build_parser`).
+        cfg: the job's configs (`configs_from_args(args)`).
+
+    Returns:
+        The exit status (0).
+
+    It loads the model `--model` names (a download), so the example is not run:
+
+    >>> args = build_parser().parse_args(["steer", "--from-run", "runs/latest", "--alphas", "2,4"])
+    >>> cmd_steer(args, configs_from_args(args))  # doctest: +SKIP
+    0
+    """
     result = jobs.steer_job(**cfg, probe=args.probe, from_run=args.from_run)
     print(_markdown(result))
     out = Path(cfg["options"].out)
@@ -361,6 +127,21 @@ def cmd_steer(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
 
 
 def cmd_resample(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    """`tl-truth resample`: samples and error types (`jobs.resample_job`), print the summary.
+
+    Args:
+        args: the parsed arguments (`build_parser`).
+        cfg: the job's configs (`configs_from_args(args)`).
+
+    Returns:
+        The exit status (0).
+
+    It loads the model `--model` names (a download), so the example is not run:
+
+    >>> args = build_parser().parse_args(["resample", "--from-run", "runs/latest", "--k", "10"])
+    >>> cmd_resample(args, configs_from_args(args))  # doctest: +SKIP
+    0
+    """
     result = jobs.resample_job(**cfg, from_run=args.from_run)
     print("\n" + result.to_markdown())
     print(f"wrote {result.out / 'samples.jsonl'}, resample_summary.json, error_types.json/md/png")
@@ -368,6 +149,34 @@ def cmd_resample(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
 
 
 def cmd_select(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    """`tl-truth select`: answer selection among samples (`jobs.select_job`), print its table.
+
+    Args:
+        args: the parsed arguments (`build_parser`).
+        cfg: the job's configs (`configs_from_args(args)`).
+
+    Returns:
+        The exit status (0).
+
+    Samples already on disk need no model:
+
+    >>> import contextlib, io, tempfile
+    >>> from tl_truth.studies import Resampling, SampleSet
+    >>> def rec(answer, i=0):
+    ...     ok = answer == "Paris"
+    ...     return {"task": "t", "id": "q", "split": "test", "question": "Capital of France?",
+    ...             "gold": "Paris", "answer": answer, "exact_answer": answer, "correct": ok,
+    ...             "category": "correct" if ok else "incorrect", "sample_index": i}
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     scored = [{**rec("Paris"), "probe_score": 0.9}, {**rec("Lyon", 1), "probe_score": 0.2}]
+    ...     samples = Resampling([SampleSet(rec("Lyon"), scored)])
+    ...     _ = samples.save(f"{d}/samples")
+    ...     args = build_parser().parse_args(["select", "--samples", f"{d}/samples", "--out", d])
+    ...     with contextlib.redirect_stdout(io.StringIO()) as printed:
+    ...         rc = cmd_select(args, configs_from_args(args))
+    >>> rc, printed.getvalue().startswith("## Answer selection")
+    (0, True)
+    """
     result = jobs.select_job(**cfg, samples=args.samples, from_run=args.from_run)
     print(_markdown(result))
     out = Path(cfg["options"].out)
@@ -376,6 +185,21 @@ def cmd_select(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
 
 
 def cmd_generalize(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    """`tl-truth generalize`: the cross-task matrix (`jobs.generalize_job`), print its tables.
+
+    Args:
+        args: the parsed arguments (`build_parser`).
+        cfg: the job's configs (`configs_from_args(args)`).
+
+    Returns:
+        The exit status (0).
+
+    It loads the model `--model` names (a download), so the example is not run:
+
+    >>> args = build_parser().parse_args(["generalize", "--from-run", "runs/tasks"])
+    >>> cmd_generalize(args, configs_from_args(args))  # doctest: +SKIP
+    0
+    """
     result = jobs.generalize_job(**cfg, from_run=args.from_run)
     print(_markdown(result))
     out = Path(cfg["options"].out)
@@ -384,6 +208,21 @@ def cmd_generalize(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
 
 
 def cmd_patch(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    """`tl-truth patch`: the patching study (`jobs.patch_job`), print its table.
+
+    Args:
+        args: the parsed arguments (`build_parser`).
+        cfg: the job's configs (`configs_from_args(args)`).
+
+    Returns:
+        The exit status (0).
+
+    It loads the model `--model` names (a download), so the example is not run:
+
+    >>> args = build_parser().parse_args(["patch", "--samples", "runs/resample"])
+    >>> cmd_patch(args, configs_from_args(args))  # doctest: +SKIP
+    0
+    """
     study = jobs.patch_job(**cfg, samples=args.samples, probe=args.probe, from_run=args.from_run)
     print(_markdown(study))
     out = Path(cfg["options"].out)
@@ -392,13 +231,6 @@ def cmd_patch(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         "patching_examples/)"
     )
     return 0
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults; names a value after its flag (`--alphas ALPHAS`), not its dest."""
-
-    def _get_default_metavar_for_optional(self, action: argparse.Action) -> str:
-        return action.option_strings[0].lstrip("-").upper().replace("-", "_")
 
 
 def _subcommand(
@@ -412,6 +244,15 @@ def _subcommand(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `tl-truth` parser: one subcommand per job, one flag per config field.
+
+    Returns:
+        The `argparse.ArgumentParser`; each flag's `dest` is `<config>.<field>`.
+
+    >>> args = build_parser().parse_args(["steer", "--alphas", "2,4", "--limit", "8"])
+    >>> args.command, getattr(args, "steering.alphas"), getattr(args, "options.limit")
+    ('steer', '2,4', 8)
+    """
     parser = argparse.ArgumentParser(prog="tl-truth", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _subcommand(sub, "generate", cmd_generate, "answer, grade and locate exact answers")
@@ -524,6 +365,19 @@ def _log_to_stdout() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `tl-truth` with these arguments.
+
+    Args:
+        argv: the arguments (None: `sys.argv[1:]`).
+
+    Returns:
+        The exit status: 0, or 2 for an error the user can fix (printed on stderr).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     main(["select", "--out", d])  # no samples there: a clear error
+    2
+    """
     args = build_parser().parse_args(argv)
     _log_to_stdout()
     try:

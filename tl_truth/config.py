@@ -47,7 +47,19 @@ GENERALIZE_LIMIT = 200
 
 
 def parse_layers(spec: LayerSpec | Sequence[int], n_layers: int) -> list[int]:
-    """`all`, `every:K` (0, K, 2K, ... and the last layer), `0,5,10` or a list of layers."""
+    """The layers a layer spec names, checked against the model's depth.
+
+    Args:
+        spec: `"all"`, `"every:K"` (0, K, 2K, ... and the last layer), `"0,5,10"` or a
+            sequence of layer indices.
+        n_layers: the model's number of layers.
+
+    Returns:
+        The layer indices (ValueError if one is out of range or there are none).
+
+    >>> parse_layers("every:2", 5), parse_layers("0,3", 4), parse_layers([1], 2)
+    ([0, 2, 4], [0, 3], [1])
+    """
     if isinstance(spec, str) and spec == "all":
         return list(range(n_layers))
     if isinstance(spec, str) and spec.startswith("every:"):
@@ -81,11 +93,26 @@ def _set(obj: Any, name: str, value: Any) -> None:
 class RunOptions:
     """What every job needs: which model on which questions, where to write, how to generate.
 
-    `dataset`: built-in task(s), `format:path` or a CSV/JSONL file, comma-separated (None only
-    for `select`, which then reads the samples already in `out`). `limit`: questions per
-    dataset part (for `steer`: held-out test questions). `prompt`: `auto`, `chat`, `qa` or a
-    template with `{question}`. `model_extract`: fall back to asking the model for the exact
-    answer when string matching finds none. `threads`: torch CPU threads (set before loading).
+    Attributes:
+        model: a built-in model name, an HF directory, a .gguf file or a hub id.
+        backend: "bridge" (TransformerBridge) or "hooked" (HookedTransformer).
+        compat: TransformerBridge compatibility mode (HookedTransformer-style weights).
+        dataset: built-in task(s), `format:path` or a CSV/JSONL file, comma-separated (None
+            only for `select`, which then reads the samples already in `out`).
+        limit: questions per dataset part (for `steer`: held-out test questions); None: all.
+        out: the output directory.
+        prompt: `auto`, `chat`, `qa` or a template with `{question}`.
+        max_new_tokens: answer length limit in tokens.
+        batch_size: prompts per generation batch.
+        model_extract: fall back to asking the model for the exact answer when string
+            matching finds none.
+        device: torch device (None: automatic).
+        threads: torch CPU threads (set before loading); None: torch's default.
+        quiet: no progress bars.
+
+    >>> opts = RunOptions(dataset="elements", limit=8, out="runs/elements")
+    >>> opts.generation().max_new_tokens, opts.progress
+    (48, True)
     """
 
     model: str = DEFAULT_MODEL
@@ -109,17 +136,44 @@ class RunOptions:
 
     @property
     def progress(self) -> bool:
+        """Whether to show progress bars (`not quiet`).
+
+        >>> RunOptions(quiet=True).progress
+        False
+        """
         return not self.quiet
 
     def generation(self, **changes: Any) -> GenerationConfig:
-        """The `GenerationConfig` of these options (greedy unless `changes` say otherwise)."""
+        """The `GenerationConfig` of these options (greedy unless `changes` say otherwise).
+
+        Args:
+            **changes: `GenerationConfig` fields to set (e.g. `temperature=1.0`).
+
+        Returns:
+            A `GenerationConfig` with `max_new_tokens` and `batch_size` from these options.
+
+        >>> RunOptions(max_new_tokens=12).generation(temperature=1.0).temperature
+        1.0
+        """
         return GenerationConfig(
             **{"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size, **changes}
         )
 
     @classmethod
     def for_command(cls, command: str, **changes: Any) -> RunOptions:
-        """The options `tl-truth <command>` defaults to, with `changes`."""
+        """The options `tl-truth <command>` defaults to, with `changes`.
+
+        Args:
+            command: a subcommand (`COMMANDS`: "generate", "run", "steer", ...).
+            **changes: fields to set.
+
+        Returns:
+            The subcommand's default `RunOptions` with `changes` applied.
+
+        >>> opts = RunOptions.for_command("steer", dataset="elements")
+        >>> opts.dataset, opts.max_new_tokens
+        ('elements', 24)
+        """
         return replace(defaults(command)["options"], **changes)
 
 
@@ -127,14 +181,21 @@ class RunOptions:
 class ProbeConfig:
     """The probe grid of the main job: which activations to capture and how to score probes.
 
-    `hooks`: hook kinds (`resid_pre`, `resid_mid`, `resid_post`, `attn_out`, `mlp_out`), each
-    captured at every layer of `layers`. `positions`: named positions to capture (None: all of
-    `NAMED_POSITIONS`). `n_boot`: bootstrap replicates for every 95% CI a job reports (probe
-    grid, baselines, error types, selection, generalisation). `p_true`: also score the
-    p(True) baseline (one extra forward per test answer). `locate`: how the exact answer is
-    found, "blind" (never reads the gold or the grade) or "paper" (Orgad et al.: the gold
-    alias of a correct answer first). `n_perm`: train-label permutations for the selected
-    exact-answer cell's null distribution, the cell re-selected each time (0: none).
+    Attributes:
+        hooks: hook kinds (`resid_pre`, `resid_mid`, `resid_post`, `attn_out`, `mlp_out`),
+            each captured at every layer of `layers` (a comma-separated string is accepted).
+        layers: a layer spec (`parse_layers`) or a tuple of layers.
+        positions: named positions to capture (None: all of `NAMED_POSITIONS`).
+        n_boot: bootstrap replicates for every 95% CI a job reports (probe grid, baselines,
+            error types, selection, generalisation).
+        p_true: also score the p(True) baseline (one extra forward per test answer).
+        locate: how the exact answer is found, "blind" (never reads the gold or the grade)
+            or "paper" (Orgad et al.: the gold alias of a correct answer first).
+        n_perm: train-label permutations for the selected exact-answer cell's null
+            distribution, the cell re-selected each time (0: none).
+
+    >>> ProbeConfig(hooks="resid_post,attn_out", layers="every:2").hooks
+    ('resid_post', 'attn_out')
     """
 
     hooks: tuple[str, ...] = ("resid_post",)
@@ -157,11 +218,29 @@ class ProbeConfig:
             raise ValueError(f"hook kinds must be among {HOOK_KINDS}, got {self.hooks}")
 
     def hook_names(self, n_layers: int) -> list[str]:
-        """Every hook to capture: each kind at each layer (kind-major, as `tl-truth run`)."""
+        """Every hook to capture: each kind at each layer (kind-major, as `tl-truth run`).
+
+        Args:
+            n_layers: the model's number of layers (to resolve `layers`).
+
+        Returns:
+            The hook names.
+
+        >>> ProbeConfig(hooks="resid_post,attn_out", layers="every:2").hook_names(3)
+        ['blocks.0.hook_resid_post', 'blocks.2.hook_resid_post', 'blocks.0.hook_attn_out', 'blocks.2.hook_attn_out']
+        """
         layers = parse_layers(self.layers, n_layers)
         return [hook_name(kind, layer) for kind in self.hooks for layer in layers]
 
     def position_names(self) -> tuple[str, ...]:
+        """The named positions to capture.
+
+        Returns:
+            `positions`, or every one of `NAMED_POSITIONS` when it is None.
+
+        >>> ProbeConfig(positions="exact_first,exact_last").position_names()
+        ('exact_first', 'exact_last')
+        """
         return NAMED_POSITIONS if self.positions is None else self.positions
 
 
@@ -169,14 +248,22 @@ class ProbeConfig:
 class SteeringConfig:
     """A steering sweep: layers x alphas, probe directions against random ones.
 
-    `layers`: where to steer with a probe refitted on a run's train split (None: the run's
-    best layer; with a saved probe, its own layer). The probe sits at `hook_kind` of each layer
-    and at the run's best position. `alphas`: strengths, in standard deviations of the
-    activations' projection (`units="sd"`) or absolute (`"abs"`). `scope`: which tokens are
-    pushed (`all`, `prompt`, `last_prompt`, `generated`). `n_random`: norm-matched random
-    directions per setting. `train_limit`: questions per dataset part for the run `steer`
-    makes when it is given no probe and no run (None: all of them; the sweep itself answers
-    `RunOptions.limit` held-out test questions).
+    Attributes:
+        layers: where to steer with a probe refitted on a run's train split (None: the run's
+            best layer; with a saved probe, its own layer). The probe sits at `hook_kind` of
+            each layer and at the run's best position.
+        alphas: strengths (a comma-separated string is accepted), in standard deviations of
+            the activations' projection (`units="sd"`) or absolute (`"abs"`).
+        units: "sd" or "abs".
+        scope: which tokens are pushed (`all`, `prompt`, `last_prompt`, `generated`).
+        n_random: norm-matched random directions per setting.
+        hook_kind: the hook kind of the refitted probes (and of the run `steer` makes).
+        train_limit: questions per dataset part for the run `steer` makes when it is given no
+            probe and no run (None: all of them; the sweep itself answers `RunOptions.limit`
+            held-out test questions).
+
+    >>> SteeringConfig(alphas="2,4", layers=[3]).alphas
+    (2.0, 4.0)
     """
 
     layers: LayerSpec | None = None
@@ -201,7 +288,16 @@ class SteeringConfig:
 
 @dataclass(frozen=True)
 class ResampleConfig:
-    """K sampled answers per question at `temperature` (the paper: K = 30), seeded."""
+    """K sampled answers per question at `temperature` (the paper: K = 30), seeded.
+
+    Attributes:
+        k: samples per question.
+        temperature: sampling temperature (> 0).
+        seed: the sampling seed.
+
+    >>> ResampleConfig(k=30).k
+    30
+    """
 
     k: int = 10
     temperature: float = 1.0
@@ -210,15 +306,30 @@ class ResampleConfig:
 
 @dataclass(frozen=True)
 class SelectConfig:
-    """Answer selection: `split` is the questions evaluated (the probe trained on "train")."""
+    """Answer selection's settings.
+
+    Attributes:
+        split: the questions evaluated, "test", "train" or "all" (the probe was trained on
+            "train").
+
+    >>> SelectConfig().split
+    'test'
+    """
 
     split: Literal["test", "train", "all"] = "test"
 
 
 @dataclass(frozen=True)
 class GeneralizeConfig:
-    """Cross-task generalisation: `positions` are the candidates for each task's best cell
-    (None: every captured position)."""
+    """Cross-task generalisation's settings.
+
+    Attributes:
+        positions: the candidates for each task's best cell (None or "all": every captured
+            position; default: the exact-answer positions).
+
+    >>> GeneralizeConfig(positions="all").positions is None
+    True
+    """
 
     positions: tuple[str, ...] | None = EXACT_POSITIONS
 
@@ -233,8 +344,14 @@ class GeneralizeConfig:
 class PatchConfig:
     """Activation patching of right samples into wrong greedy answers.
 
-    `layers`: layers to patch (spec or tuple); `hook_kind`: where (`resid_pre` patches a
-    layer's input); `split`: questions to take; `max_questions`: at most this many pairs.
+    Attributes:
+        layers: layers to patch (a spec, `parse_layers`, or a tuple).
+        hook_kind: where (`resid_pre` patches a layer's input).
+        split: questions to take ("test", "train" or "all").
+        max_questions: at most this many pairs (None: all).
+
+    >>> PatchConfig(layers=[0, 1]).layers
+    (0, 1)
     """
 
     layers: LayerSpec = "all"
@@ -285,11 +402,32 @@ COMMANDS = tuple(_DEFAULTS)
 
 
 def defaults(command: str) -> dict[str, Any]:
-    """The configs `tl-truth <command>` starts from, by job argument name (`options`, ...)."""
+    """The configs `tl-truth <command>` starts from, by job argument name.
+
+    Args:
+        command: a subcommand (`COMMANDS`).
+
+    Returns:
+        A new dict: job argument name (`options`, `probing`, `steering`, ...) -> config.
+
+    >>> sorted(defaults("steer")), defaults("generalize")["options"].limit
+    (['options', 'probing', 'steering'], 200)
+    """
     if command not in _DEFAULTS:
         raise ValueError(f"unknown command {command!r}; choose from {COMMANDS}")
     return dict(_DEFAULTS[command])
 
 
 def field_names(config_type: type) -> list[str]:
+    """The field names of a config dataclass.
+
+    Args:
+        config_type: a dataclass (e.g. `ResampleConfig`).
+
+    Returns:
+        Its field names, in order.
+
+    >>> field_names(ResampleConfig)
+    ['k', 'temperature', 'seed']
+    """
     return [f.name for f in fields(config_type)]

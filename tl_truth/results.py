@@ -13,98 +13,40 @@ Figures for `save` are built on a `matplotlib.figure.Figure` (`figure()`), witho
 never changes the matplotlib backend (in Jupyter, later figures keep showing inline).
 `plot(ax=None)` creates a pyplot figure only when no `ax` is given, so it shows inline in a
 notebook; given an `ax`, it draws there and returns it.
+
+The helpers (`json_safe`, `write_json`, `markdown_table`, `pyplot_axes`, `save_figure`,
+`save_outputs`) live in `tl_truth.result_io` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
+from tl_truth.result_io import (
+    json_safe,
+    markdown_table,
+    pyplot_axes,
+    save_figure,
+    save_outputs,
+    write_json,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-
-def json_safe(x: Any, digits: int | None = 4) -> Any:
-    """NaN -> null (strict JSON), floats rounded to `digits` places (None: not rounded), numpy
-    scalars -> Python, tuples -> lists."""
-    if isinstance(x, dict):
-        return {k: json_safe(v, digits) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v, digits) for v in x]
-    if isinstance(x, (float, np.floating)):
-        if np.isnan(x):
-            return None
-        return float(x) if digits is None else round(float(x), digits)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def write_json(path: str | Path, doc: Any, ensure_ascii: bool = False) -> Path:
-    """`doc` as indented JSON (no trailing newline)."""
-    path = Path(path)
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=ensure_ascii))
-    return path
-
-
-def _cell(v: Any, floatfmt: str) -> str:
-    if v is None or v is _missing() or (isinstance(v, (float, np.floating)) and math.isnan(v)):
-        return "-"
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return format(float(v), floatfmt)
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
-def _missing() -> Any:
-    import pandas as pd
-
-    return pd.NA  # the missing value of nullable dtypes ("Int64")
-
-
-def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """A GitHub markdown table of `df`'s columns (the index is left out). Missing values are
-    "-", floats use `floatfmt`, "|" in text is escaped."""
-    cols = [str(c) for c in df.columns]
-    lines = [
-        "| " + " | ".join(_cell(c, floatfmt) for c in cols) + " |",
-        "|" + "---|" * len(cols),
-    ]
-    for row in df.itertuples(index=False, name=None):
-        lines.append("| " + " | ".join(_cell(v, floatfmt) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def pyplot_axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
-    """`ax`, or, when None, the Axes of a new pyplot figure (it shows inline in a notebook)."""
-    if ax is not None:
-        return ax
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=figsize)[1]
-
-
-def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
-    """Write a Figure (or an Axes' figure) as PNG; closes it if pyplot manages it. The backend
-    is left as it is."""
-    fig = getattr(fig, "figure", fig)  # an Axes knows its Figure
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    if getattr(fig.canvas, "manager", None) is not None:  # a pyplot figure: release it
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    return Path(path)
+__all__ = [
+    "Result",
+    "json_safe",
+    "markdown_table",
+    "pyplot_axes",
+    "save_figure",
+    "save_outputs",
+    "write_json",
+]
 
 
 class Result:
@@ -113,6 +55,39 @@ class Result:
     Subclasses set `result_name` and define `to_dict()` (full precision), `from_dict()`,
     `to_dataframe()` and `plot(ax=None) -> Axes`; optionally `title()`, `markdown_frame()`,
     `markdown_notes()`, `figure()` (for figures with several panels) and `figsize`.
+
+    Attributes:
+        result_name: the stem of the JSON and markdown files `save` writes.
+        figure_name: the stem of the PNG (None: `result_name`).
+        json_digits: places floats are rounded to at write time (None: full precision).
+        json_raw_keys: top-level keys written as they are (not rounded).
+        json_ensure_ascii: escape non-ASCII characters in the JSON.
+        dpi: the PNG's resolution.
+        figsize: the figure size of `plot()` and `figure()`.
+
+    >>> import tempfile
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Count(Result):
+    ...     n: int
+    ...     result_name = "count"
+    ...     def to_dict(self):
+    ...         return {"n": self.n}
+    ...     @classmethod
+    ...     def from_dict(cls, d):
+    ...         return cls(d["n"])
+    ...     def to_dataframe(self):
+    ...         import pandas as pd
+    ...         return pd.DataFrame({"n": [self.n]})
+    ...     def plot(self, ax=None):
+    ...         ax = pyplot_axes(ax, self.figsize)
+    ...         ax.bar(["n"], [self.n])
+    ...         return ax
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     files = sorted(p.name for p in Count(3).save(d).iterdir())
+    ...     back = Count.load(d)
+    >>> files, back
+    (['count.json', 'count.md', 'count.png'], Count(n=3))
     """
 
     result_name: ClassVar[str] = "result"
@@ -126,34 +101,121 @@ class Result:
     # -- to be defined by each result -------------------------------------------------------
 
     def to_dict(self) -> dict:
+        """The result as plain Python values, at full precision (defined by each result).
+
+        Returns:
+            A dict that `from_dict` turns back into the result.
+
+        >>> from tl_truth.studies import SelectionResult
+        >>> res = SelectionResult({"greedy": {"value": 0.5, "ci": [0.25, 0.75]}}, {}, {}, {}, 4, 2)
+        >>> res.to_dict()["accuracy"]
+        {'greedy': {'value': 0.5, 'ci': [0.25, 0.75]}}
+        """
         raise NotImplementedError
 
     @classmethod
     def from_dict(cls, d: dict) -> Any:
+        """The result a `to_dict()` (or the JSON `save` wrote) describes.
+
+        Args:
+            d: a dict as `to_dict()` returns it.
+
+        Returns:
+            The result.
+
+        >>> from tl_truth.studies import SelectionResult
+        >>> res = SelectionResult({"greedy": {"value": 0.5, "ci": [0.25, 0.75]}}, {}, {}, {}, 4, 2)
+        >>> SelectionResult.from_dict(res.to_dict()) == res
+        True
+        """
         raise NotImplementedError(f"{cls.__name__} cannot be rebuilt from a dict")
 
     def to_dataframe(self) -> pd.DataFrame:
+        """The result as a table (defined by each result; one row per method, cell, ...).
+
+        Returns:
+            A pandas DataFrame.
+
+        >>> from tl_truth.studies import SelectionResult
+        >>> res = SelectionResult({"greedy": {"value": 0.5, "ci": [0.25, 0.75]}}, {}, {}, {}, 4, 2)
+        >>> res.to_dataframe()[["strategy", "accuracy"]].values.tolist()
+        [['greedy', 0.5]]
+        """
         raise NotImplementedError
 
     def plot(self, ax: Axes | None = None) -> Axes:
+        """Draw the result (defined by each result).
+
+        Args:
+            ax: the Axes to draw on; None: a new pyplot figure (shown inline in a notebook).
+
+        Returns:
+            The Axes drawn on.
+
+        >>> from matplotlib.figure import Figure
+        >>> from tl_truth.studies import SelectionResult
+        >>> res = SelectionResult({"greedy": {"value": 0.5, "ci": [0.25, 0.75]}}, {}, {}, {}, 4, 2)
+        >>> ax = Figure().add_subplot()
+        >>> res.plot(ax=ax) is ax
+        True
+        """
         raise NotImplementedError
 
     # -- markdown ----------------------------------------------------------------------------
 
     def title(self) -> str | None:
-        """A heading for the saved markdown and notebooks (not part of `to_markdown()`)."""
+        """A heading for the saved markdown and notebooks (not part of `to_markdown()`).
+
+        Returns:
+            The title, or None (no heading).
+
+        >>> from tl_truth.studies import SelectionResult
+        >>> res = SelectionResult({"greedy": {"value": 0.5, "ci": [0.25, 0.75]}}, {}, {}, {}, 4, 2)
+        >>> res.title()
+        'Answer selection (K = 2, 4 questions)'
+        """
         return None
 
     def markdown_frame(self) -> pd.DataFrame:
-        """The DataFrame `to_markdown()` shows: `to_dataframe()` unless a result condenses it."""
+        """The DataFrame `to_markdown()` shows: `to_dataframe()` unless a result condenses it.
+
+        Returns:
+            A pandas DataFrame.
+
+        >>> from tl_truth.studies import SelectionResult
+        >>> res = SelectionResult({"greedy": {"value": 0.5, "ci": [0.25, 0.75]}}, {}, {}, {}, 4, 2)
+        >>> res.markdown_frame().columns.tolist()
+        ['group', 'n', 'greedy']
+        """
         return self.to_dataframe()
 
     def markdown_notes(self) -> str:
-        """Markdown after the table (conclusions, more tables); empty by default."""
+        """Markdown after the table (conclusions, more tables); empty by default.
+
+        Returns:
+            Markdown text.
+
+        >>> from tl_truth.studies import SelectionResult
+        >>> res = SelectionResult({"greedy": {"value": 0.5, "ci": [0.25, 0.75]}}, {}, {}, {}, 4, 2)
+        >>> res.markdown_notes()
+        ''
+        """
         return ""
 
     def to_markdown(self) -> str:
-        """The table of `markdown_frame()`, then `markdown_notes()`."""
+        """The result as markdown: the table of `markdown_frame()`, then `markdown_notes()`.
+
+        Returns:
+            Markdown text.
+
+        >>> from tl_truth.studies import SelectionResult
+        >>> res = SelectionResult({"greedy": {"value": 0.5, "ci": [0.25, 0.75]}}, {}, {}, {}, 4, 2)
+        >>> print(res.to_markdown())
+        | group | n | greedy |
+        |---|---|---|
+        | all | 4 | 0.500 [0.250, 0.750] |
+        <BLANKLINE>
+        """
         notes = self.markdown_notes()
         return markdown_table(self.markdown_frame()) + ("\n" + notes if notes else "")
 
@@ -164,8 +226,18 @@ class Result:
     # -- files -------------------------------------------------------------------------------
 
     def to_json(self) -> dict:
-        """What `save` writes as JSON: `to_dict()` rounded to `json_digits` places, NaN as
-        null (keys in `json_raw_keys` are written as they are)."""
+        """What `save` writes as JSON: `to_dict()` rounded to `json_digits` places, NaN as null.
+
+        Keys in `json_raw_keys` are written as they are.
+
+        Returns:
+            A JSON-writable dict.
+
+        >>> from tl_truth.studies import SelectionResult
+        >>> res = SelectionResult({"greedy": {"value": 0.123456, "ci": [0.0, 1.0]}}, {}, {}, {}, 4, 2)
+        >>> res.to_json()["accuracy"]["greedy"]["value"]
+        0.1235
+        """
         d = self.to_dict()
         return {
             k: v if k in self.json_raw_keys else json_safe(v, self.json_digits)
@@ -173,8 +245,16 @@ class Result:
         }
 
     def figure(self) -> Figure:
-        """The figure `save` writes, built without pyplot (no backend change, nothing left
-        open)."""
+        """The figure `save` writes, built without pyplot (no backend change, nothing left open).
+
+        Returns:
+            A `matplotlib.figure.Figure`.
+
+        >>> from tl_truth.studies import SelectionResult
+        >>> res = SelectionResult({"greedy": {"value": 0.5, "ci": [0.25, 0.75]}}, {}, {}, {}, 4, 2)
+        >>> type(res.figure()).__name__
+        'Figure'
+        """
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=self.figsize)
@@ -182,7 +262,21 @@ class Result:
         return fig
 
     def save(self, out_dir: str | Path) -> Path:
-        """`{result_name}.json`, `.md` and `{figure_name}.png` in `out_dir`; returns `out_dir`."""
+        """Write `{result_name}.json`, `.md` and `{figure_name}.png` to `out_dir`.
+
+        Args:
+            out_dir: the directory (made if missing).
+
+        Returns:
+            `out_dir`, as a `Path`.
+
+        >>> import tempfile
+        >>> from tl_truth.studies import SelectionResult
+        >>> res = SelectionResult({"greedy": {"value": 0.5, "ci": [0.25, 0.75]}}, {}, {}, {}, 4, 2)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     sorted(p.name for p in res.save(d).iterdir())
+        ['selection.json', 'selection.md', 'selection.png']
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / f"{self.result_name}.json", self.to_json(), self.json_ensure_ascii)
@@ -193,18 +287,20 @@ class Result:
 
     @classmethod
     def load(cls, out_dir: str | Path) -> Any:
-        """The result `save` wrote to `out_dir`."""
+        """The result `save` wrote to `out_dir`.
+
+        Args:
+            out_dir: a directory `save` wrote to.
+
+        Returns:
+            The result, from its JSON (at the precision it was written with).
+
+        >>> import tempfile
+        >>> from tl_truth.studies import SelectionResult
+        >>> res = SelectionResult({"greedy": {"value": 0.5, "ci": [0.25, 0.75]}}, {}, {}, {}, 4, 2)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     SelectionResult.load(res.save(d)) == res
+        True
+        """
         path = Path(out_dir) / f"{cls.result_name}.json"
         return cls.from_dict(json.loads(path.read_text()))
-
-
-def save_outputs(out_dir: str | Path, name: str, doc: dict, markdown: str, figure: Any) -> Path:
-    """Write `doc` as JSON, `markdown`, and `figure` (a Figure or an Axes) as PNG.
-
-    Kept for callers outside the `Result` protocol; the backend is not changed."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"{name}.json", doc)
-    (out / f"{name}.md").write_text(markdown)
-    save_figure(figure, out / f"{name}.png")
-    return out

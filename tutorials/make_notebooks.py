@@ -379,7 +379,7 @@ whole answer and over the exact-answer tokens only.
     ),
     code(
         """
-scores = tt.probing.logit_scores(run.records)
+scores = tt.logit_scores(run.records)
 test = store.split_mask("test").numpy()
 base = tt.evaluate_baselines(scores, store.labels.numpy(), test, n_boot=300)
 {name: round(b["auc"], 3) for name, b in base.items()}
@@ -511,7 +511,7 @@ first token where the wrong one was predicted. `tl-truth patch` runs this over m
 wrong_test = [q for q, r in zip(test_qs, base.records) if not r["correct"]]
 res = tt.resample(model, ds.subset(wrong_test, "wrong"), k=10, config=cfg, greedy=base.records,
                   progress=False)
-pairs = tt.studies.patch_study.knows_more_pairs(res.sets)
+pairs = tt.knows_more_pairs(res.sets)
 print(f"{len(pairs)} of {len(wrong_test)} wrong greedy answers have a right sample")
 """
     ),

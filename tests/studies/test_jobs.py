@@ -17,8 +17,20 @@ from tl_truth.intervention.store_probes import probes_from_store
 from tl_truth.probing.activations import META_FILE, STORE_VERSION, ActivationStore
 from tl_truth.probing.grid import fit_probe_grid
 from tl_truth.probing.probe import Probe, ProbeMismatchError
-from tl_truth.studies import jobs
+from tl_truth.studies import intervention_jobs, job_setup, jobs, run_jobs, sample_jobs
 from tl_truth.studies.resampling import Resampling, SampleSet
+
+JOB_MODULES = (jobs, job_setup, run_jobs, sample_jobs, intervention_jobs)
+
+
+def patch_jobs(monkeypatch, name: str, value) -> None:
+    """Replace `name` in the job modules (`tl_truth.studies.jobs` re-exports them, and each
+    job looks its collaborators up in its own module)."""
+    modules = [m for m in JOB_MODULES if hasattr(m, name)]
+    assert modules, name
+    for m in modules:
+        monkeypatch.setattr(m, name, value)
+
 
 D = 8
 MODEL = {
@@ -184,9 +196,9 @@ def tiny_dataset(n=4):
 
 def test_ensure_run_reuses_only_a_matching_finished_run(tmp_path, monkeypatch):
     info = SimpleNamespace(fingerprint="f", n_layers=2)
-    monkeypatch.setattr(jobs, "model_info", lambda model: info)
+    patch_jobs(monkeypatch, "model_info", lambda model: info)
     made = []
-    monkeypatch.setattr(jobs, "run_job", lambda options, *a: made.append(options.out))
+    patch_jobs(monkeypatch, "run_job", lambda options, *a: made.append(options.out))
     ds = tiny_dataset()
     options = RunOptions(out=str(tmp_path / "run"), max_new_tokens=24)
     probing = ProbeConfig(layers="1", p_true=False)
@@ -215,8 +227,8 @@ def test_ensure_run_reuses_only_a_matching_finished_run(tmp_path, monkeypatch):
 
 def test_run_job_captures_the_configured_hooks(monkeypatch, tmp_path):
     got = {}
-    monkeypatch.setattr(jobs, "parse_format", lambda prompt, model: f"format {prompt}")
-    monkeypatch.setattr(jobs, "run_all", lambda *args, **kwargs: got.update(kwargs, args=args))
+    patch_jobs(monkeypatch, "parse_format", lambda prompt, model: f"format {prompt}")
+    patch_jobs(monkeypatch, "run_all", lambda *args, **kwargs: got.update(kwargs, args=args))
     model = SimpleNamespace(cfg=SimpleNamespace(n_layers=4))
     options = RunOptions(out=str(tmp_path), max_new_tokens=12, quiet=True)
     probing = ProbeConfig(hooks="resid_post,attn_out", layers="every:3", n_boot=7, p_true=False)
@@ -258,7 +270,7 @@ def test_select_job_reads_samples_without_a_model(tmp_path, monkeypatch):
     def no_model(options):
         raise AssertionError("select on existing samples loads no model")
 
-    monkeypatch.setattr(jobs, "load_model_for", no_model)
+    patch_jobs(monkeypatch, "load_model_for", no_model)
     sets = [sample_set(str(i), i % 3 == 0, i % 2, score=0.9) for i in range(12)]
     Resampling(sets, {"probe": {"hook": "h", "position": "p"}}).save(tmp_path / "s")
     out = tmp_path / "sel"

@@ -32,6 +32,18 @@ CURVE_POINTS = 21  # the risk-coverage curve is written at coverage 0, 0.05, ...
 
 
 def probe_name(group: str, cell: Mapping[str, Any]) -> str:
+    """The name a selected probe goes by in the reports' method tables.
+
+    Args:
+        group: the position group it was selected in ("exact", "last_prompt", ...).
+        cell: the selected cell (`hook`, `position`).
+
+    Returns:
+        The method name.
+
+    >>> probe_name("exact", {"hook": "blocks.1.hook_resid_post", "position": "exact_last"})
+    'probe @ exact (blocks.1.hook_resid_post / exact_last)'
+    """
     return f"probe @ {group} ({cell['hook']} / {cell['position']})"
 
 
@@ -44,7 +56,27 @@ def method_scores(
     positions: Sequence[str],
     baselines: Mapping[str, np.ndarray],
 ) -> dict[str, np.ndarray]:
-    """Every method's score on every example (nan where it has none): probes, then baselines."""
+    """Every method's score on every example (nan where it has none): probes, then baselines.
+
+    Args:
+        grid: the fitted probe grid.
+        selected: the selected cells by position group (None: no probe for that group).
+        acts: the grid's activations `[n, H, P, d]`.
+        valid: which examples have each position `[n, P]`.
+        hooks: the grid's hooks (the H axis of `acts`).
+        positions: the grid's positions (the P axis).
+        baselines: baseline name -> score per example.
+
+    Returns:
+        Method name (`probe_name` for the probes) -> score per example.
+
+    With no cell selected, only the baselines are scored:
+
+    >>> scores = method_scores(None, {"exact": None}, torch.zeros(3, 1, 1, 4), None, [], [],
+    ...                        {"logits_mean": [0.2, 0.5, 0.9]})
+    >>> {name: v.tolist() for name, v in scores.items()}
+    {'logits_mean': [0.2, 0.5, 0.9]}
+    """
     out = {}
     n = acts.shape[0]
     for group in ("exact", "last_generated", "last_prompt"):
@@ -64,7 +96,32 @@ def method_scores(
 def embedding_control(
     store: ActivationStore, position: str, train: torch.Tensor, seed: int = 0
 ) -> dict | None:
-    """A probe on the token embedding at `position`, trained like the grid's (None if absent)."""
+    """A probe on the token embedding at `position`, trained like the grid's.
+
+    Args:
+        store: an activation store that captured `EMBED_HOOK`.
+        position: the position to read the embedding at.
+        train: the training rows.
+        seed: the probe's CV seed.
+
+    Returns:
+        {"hook", "position", "scores": one per example}, or None if the store lacks the
+        embedding or the training rows hold fewer than 3 of a class.
+
+    >>> import tempfile
+    >>> from tl_truth.probing import capture
+    >>> from tl_truth.testing import tiny_model
+    >>> records = [{"id": str(i), "task": "t", "split": "train" if i < 8 else "test",
+    ...             "correct": i % 2 == 0, "prompt_token_ids": [1, 2 + i, 3],
+    ...             "answer_token_ids": [4 + i, 5], "exact_answer_token_span": [3, 4]}
+    ...            for i in range(12)]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     store = capture(tiny_model("llama"), records, d, hooks=[EMBED_HOOK],
+    ...                     positions=["exact_first"], progress=False)
+    ...     control = embedding_control(store, "exact_first", store.split_mask("train"))
+    >>> control["hook"], control["scores"].shape
+    ('hook_embed', (12,))
+    """
     if EMBED_HOOK not in store.hooks:
         return None
     x, valid = store.load(hooks=[EMBED_HOOK], positions=[position])
@@ -83,7 +140,22 @@ def embedding_control(
 def rejection_metrics(
     methods: Mapping[str, np.ndarray], labels: np.ndarray, rows: np.ndarray
 ) -> dict:
-    """PRR, accuracy at 80% coverage and the risk-coverage curve of each method on `rows`."""
+    """PRR, accuracy at 80% coverage and the risk-coverage curve of each method on `rows`.
+
+    Args:
+        methods: method name -> score per example (higher: more likely correct).
+        labels: 1 for a correct answer, per example.
+        rows: the examples to evaluate on (a method with a nan there gets None).
+
+    Returns:
+        {"prr", "accuracy_at_80_coverage", "risk_coverage"}, each method name -> value.
+
+    >>> labels = np.array([1, 1, 0, 0, 1])
+    >>> out = rejection_metrics({"perfect": np.array([0.9, 0.8, 0.1, 0.2, 0.7])}, labels,
+    ...                         np.arange(5))
+    >>> out["prr"]["perfect"], out["accuracy_at_80_coverage"]["perfect"]
+    (1.0, 0.75)
+    """
     prr, acc80, curves = {}, {}, {}
     grid = np.linspace(0, 1, CURVE_POINTS)[1:]
     for name, s in methods.items():
@@ -130,6 +202,12 @@ def artefact_report(
     Returns:
         The report.json blocks `controls`, `beyond_artefacts`, `per_task_auc`, `permutation`,
         `prr`, `accuracy_at_80_coverage`, `risk_coverage` (None without an exact cell).
+
+    Without a selected exact-answer cell there is nothing to control (a full example is the
+    main job: `tl_truth.studies.main_job.probe_report`):
+
+    >>> artefact_report(None, None, [], {"exact": None}, None, None, {}, ()) is None
+    True
     """
     ex = selected.get("exact")
     if ex is None:

@@ -15,11 +15,13 @@ K = 30; ours are fractions of K (`Thresholds.for_k`), so K = 10 and K = 30 mean 
 
 A probe per type asks the paper's question: does the greedy answer's activation (at the best
 (hook, position) of the correctness probe) already tell which kind of question this is?
+
+The taxonomy itself (`ERROR_TYPES`, `Thresholds`, `error_types`) lives in
+`tl_truth.studies.error_taxonomy` (re-exported here).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,59 +34,17 @@ from torch import Tensor
 from tl_truth.probing.metrics import bootstrap_auc_ci, roc_auc
 from tl_truth.probing.probe import Probe
 from tl_truth.results import Result, pyplot_axes
+from tl_truth.studies.error_taxonomy import _DEFINITIONS, ERROR_TYPES, Thresholds, error_types
 from tl_truth.studies.resampling import SampleSet
 
-ERROR_TYPES = (
-    "refuses",
-    "correct_all",
-    "correct_most",
-    "incorrect_all",
-    "incorrect_most",
-    "two_competing",
-    "many_no_correct",
-    "many_with_correct",
-)
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Sample counts that define the types for K samples."""
-
-    k: int
-    half: int  # "most": at least this many samples
-    quarter: int  # "competing": each answer at least this many samples
-    many: int  # "many answers": at least this many distinct answers
-
-    @classmethod
-    def for_k(cls, k: int) -> Thresholds:
-        if k < 2:
-            raise ValueError(f"error types need at least 2 samples per question, got K={k}")
-        return cls(
-            k=k,
-            half=math.ceil(k / 2),
-            quarter=max(1, math.ceil(k / 4)),
-            many=max(3, math.ceil(k / 3)),
-        )
-
-
-def error_types(s: SampleSet, t: Thresholds | None = None) -> dict[str, bool]:
-    """The taxonomy's types (not exclusive) of one question's samples."""
-    t = t or Thresholds.for_k(s.k)
-    k, correct = s.k, s.n_correct
-    wrong = [c for c in s.answers if not c.correct]
-    top_wrong = max((c.size - c.n_correct for c in wrong), default=0)
-    n_answers = len(s.answers)
-    many = n_answers >= t.many
-    return {
-        "refuses": s.n_refusal >= t.half,
-        "correct_all": correct == k,
-        "correct_most": t.half <= correct < k,
-        "incorrect_all": len(s.clusters) == 1 and correct == 0 and s.n_refusal == 0,
-        "incorrect_most": t.half <= top_wrong < k,
-        "two_competing": correct >= t.quarter and top_wrong >= t.quarter,
-        "many_no_correct": many and correct == 0,
-        "many_with_correct": many and correct > 0,
-    }
+__all__ = [
+    "ERROR_TYPES",
+    "ErrorTypeReport",
+    "Thresholds",
+    "error_type_report",
+    "error_types",
+    "type_probes",
+]
 
 
 @dataclass
@@ -93,6 +53,28 @@ class ErrorTypeReport(Result):
 
     The result protocol (`tl_truth.results.Result`): `save(dir)` writes `error_types.json`,
     `.md` and `.png`; `ErrorTypeReport.load(dir)` reads it back.
+
+    Attributes:
+        thresholds: the `Thresholds` the types were read with.
+        types: per question, type name -> bool (follows `keys`).
+        keys: the questions' (task, id).
+        tasks: the questions' tasks.
+        probes: type -> its probe's `auc`, `ci`, train/test counts (or why it was skipped).
+        cell: the (hook, position) the probes read, or None.
+
+    >>> import tempfile
+    >>> def rec(answer, i=0, qid="q"):
+    ...     ok = answer == "Paris"
+    ...     return {"task": "t", "id": qid, "split": "test", "question": "Capital of France?",
+    ...             "gold": "Paris", "answer": answer, "exact_answer": answer, "correct": ok,
+    ...             "category": "correct" if ok else "incorrect", "sample_index": i}
+    >>> s = SampleSet(rec("Lyon"), [rec(a, i) for i, a in enumerate(["Paris", "Paris", "Lyon"])])
+    >>> report = ErrorTypeReport(Thresholds.for_k(3), [error_types(s)], [s.key], ["t"])
+    >>> report.distribution()["all"]["correct_most"], report.untyped()
+    (1.0, 0)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     ErrorTypeReport.load(report.save(d)).types == report.types
+    True
     """
 
     thresholds: Thresholds
@@ -235,18 +217,6 @@ class ErrorTypeReport(Result):
         return "\n\n".join(lines) + "\n"
 
 
-_DEFINITIONS = {
-    "refuses": "refusals in >= half of the samples",
-    "correct_all": "every sample correct",
-    "correct_most": ">= half of the samples correct, not all",
-    "incorrect_all": "every sample is the same wrong answer",
-    "incorrect_most": "one wrong answer in >= half of the samples, not all",
-    "two_competing": "the correct answer and one wrong answer each in >= a quarter",
-    "many_no_correct": ">= max(3, K/3) distinct answers, none correct",
-    "many_with_correct": ">= max(3, K/3) distinct answers, some sample correct",
-}
-
-
 def type_probes(
     types: Sequence[dict[str, bool]],
     X: Float[Tensor, "n d"],
@@ -266,6 +236,25 @@ def type_probes(
     the types correlate with correctness, and a per-type probe only shows type information
     beyond correctness where it beats that reference (`reference_auc` is max(AUC, 1 - AUC),
     as the sign differs between types).
+
+    Args:
+        types: per question, type name -> bool (`error_types`).
+        X: one activation row per question.
+        available: which rows hold an activation.
+        train: which rows are training rows (the others are test rows).
+        min_per_class: the fewest positives and negatives a probe is fit and scored on.
+        n_boot: bootstrap replicates for the CIs.
+        seed: the bootstrap seed.
+        reference_scores: a score per question to compare with (None: no reference).
+        **probe_kwargs: passed on to `Probe.from_data`.
+
+    Returns:
+        Type name -> counts and `auc`, `ci` (and `reference_auc`), or `skipped`.
+
+    >>> types = [{name: i % 2 == 0 for name in ERROR_TYPES} for i in range(8)]
+    >>> out = type_probes(types, torch.randn(8, 4), [True] * 8, [i < 4 for i in range(8)])
+    >>> out["refuses"]["skipped"]
+    'fewer than 5 per class'
     """
     avail = np.asarray(available, dtype=bool)
     tr = np.asarray(train, dtype=bool) & avail
@@ -308,6 +297,29 @@ def error_type_report(
     """Types of every question; with `X` (greedy activations, one row per set) a probe per type.
 
     Train/test follow the questions' own split.
+
+    Args:
+        sets: every question's samples (the same K for all).
+        X: the greedy answers' activations, one row per set (None: no probes).
+        available: which rows of `X` hold an activation (default: all).
+        cell: the (hook, position) `X` was read at, for the report.
+        n_boot: bootstrap replicates for the probes' CIs.
+        seed: the bootstrap seed.
+        min_per_class: the fewest positives and negatives a type probe needs.
+        reference_scores: the correctness probe's score per question, as the reference.
+
+    Returns:
+        The `ErrorTypeReport`.
+
+    >>> def rec(answer, i=0, qid="q"):
+    ...     ok = answer == "Paris"
+    ...     return {"task": "t", "id": qid, "split": "test", "question": "Capital of France?",
+    ...             "gold": "Paris", "answer": answer, "exact_answer": answer, "correct": ok,
+    ...             "category": "correct" if ok else "incorrect", "sample_index": i}
+    >>> s = SampleSet(rec("Lyon"), [rec(a, i) for i, a in enumerate(["Paris", "Paris", "Lyon"])])
+    >>> report = error_type_report([s])
+    >>> [name for name, yes in report.types[0].items() if yes], report.probes
+    (['correct_most', 'two_competing'], {})
     """
     ks = {s.k for s in sets}
     if len(ks) != 1:

@@ -8,13 +8,14 @@ into distinct answers, which the error-type taxonomy (`error_types.py`) and majo
 Clustering: each sample gets a key, its located exact answer (or the whole answer when none was
 located) after SQuAD-style normalisation; refusals share one key. Two keys join a cluster when
 they are equal or one contains the other as whole words ("paris" / "paris france"), transitively.
+
+The clustering lives in `tl_truth.studies.answer_clusters` (re-exported here).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,102 +23,36 @@ from typing import Any
 
 from tl_truth.answers.exact_answer import Locate
 from tl_truth.answers.generation import GenerationConfig
-from tl_truth.answers.grading import normalize
 from tl_truth.answers.prompts import PromptFormat
 from tl_truth.answers.run import AnswerRun, answer_questions
 from tl_truth.data.questions import QADataset
 from tl_truth.results import Result, pyplot_axes
+from tl_truth.studies.answer_clusters import (
+    EMPTY_KEY,
+    REFUSAL_KEY,
+    Cluster,
+    answer_key,
+    cluster_keys,
+    clusters_of,
+)
+
+__all__ = [
+    "EMPTY_KEY",
+    "REFUSAL_KEY",
+    "RESAMPLE_SUMMARY_FILE",
+    "SAMPLES_FILE",
+    "Cluster",
+    "Resampling",
+    "SampleSet",
+    "answer_key",
+    "cluster_keys",
+    "clusters_of",
+    "pass_at_k",
+    "resample",
+]
 
 SAMPLES_FILE = "samples.jsonl"
 RESAMPLE_SUMMARY_FILE = "resample_summary.json"
-REFUSAL_KEY = "<refusal>"
-EMPTY_KEY = "<empty>"
-
-
-# ---------------------------------------------------------------------------------------------
-# Clustering
-
-
-def answer_key(record: dict) -> str:
-    """What a sample answered, normalised: its exact answer if located, else the whole answer."""
-    if record.get("category") == "refusal":
-        return REFUSAL_KEY
-    text = record.get("exact_answer") or record.get("answer") or ""
-    return normalize(text) or EMPTY_KEY
-
-
-def _contains_words(long: str, short: str) -> bool:
-    return f" {short} " in f" {long} "
-
-
-def cluster_keys(keys: Sequence[str]) -> list[int]:
-    """Cluster ids (0, 1, ... in order of first appearance) for answer keys.
-
-    Equal keys, or keys where one contains the other as whole words, share a cluster
-    (transitively). The refusal and empty keys only ever match themselves.
-    """
-    special = {REFUSAL_KEY, EMPTY_KEY}
-    distinct = list(dict.fromkeys(keys))
-    parent = list(range(len(distinct)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, a in enumerate(distinct):
-        for j in range(i):
-            b = distinct[j]
-            if a in special or b in special:
-                continue
-            if _contains_words(a, b) or _contains_words(b, a):
-                parent[find(i)] = find(j)
-    root_of = {k: find(i) for i, k in enumerate(distinct)}
-    renumber: dict[int, int] = {}
-    out = []
-    for k in keys:
-        out.append(renumber.setdefault(root_of[k], len(renumber)))
-    return out
-
-
-@dataclass
-class Cluster:
-    """One distinct answer among a question's samples."""
-
-    id: int
-    key: str  # the most common key of its members
-    size: int
-    n_correct: int
-    members: list[int]  # sample indices
-    refusal: bool = False
-
-    @property
-    def correct(self) -> bool:
-        """A cluster counts as the correct answer when most of its members were graded correct."""
-        return 2 * self.n_correct > self.size
-
-
-def clusters_of(samples: Sequence[dict]) -> list[Cluster]:
-    """The clusters of one question's samples, largest first (ties: first seen)."""
-    keys = [answer_key(s) for s in samples]
-    ids = cluster_keys(keys)
-    out = []
-    for c in sorted(set(ids)):
-        members = [i for i, x in enumerate(ids) if x == c]
-        key = Counter(keys[i] for i in members).most_common(1)[0][0]
-        out.append(
-            Cluster(
-                id=c,
-                key=key,
-                size=len(members),
-                n_correct=sum(bool(samples[i]["correct"]) for i in members),
-                members=members,
-                refusal=key == REFUSAL_KEY,
-            )
-        )
-    return sorted(out, key=lambda c: (-c.size, c.id))
-
 
 # ---------------------------------------------------------------------------------------------
 # One question's samples
@@ -125,7 +60,22 @@ def clusters_of(samples: Sequence[dict]) -> list[Cluster]:
 
 @dataclass
 class SampleSet:
-    """A question's greedy answer and its K sampled answers, clustered."""
+    """A question's greedy answer and its K sampled answers, clustered.
+
+    Attributes:
+        greedy: the greedy answer's record (`task`, `id`, `split`, `correct`, ...).
+        samples: the K sampled answers' records.
+        clusters: their `Cluster`s (computed from `samples` when not given).
+
+    >>> def rec(answer, i=0):
+    ...     ok = answer == "Paris"
+    ...     return {"task": "t", "id": "q", "split": "test", "question": "Capital of France?",
+    ...             "gold": "Paris", "answer": answer, "exact_answer": answer, "correct": ok,
+    ...             "category": "correct" if ok else "incorrect", "sample_index": i}
+    >>> s = SampleSet(rec("Lyon"), [rec(a, i) for i, a in enumerate(["Paris", "Paris", "Lyon"])])
+    >>> s.key, s.k, s.n_correct, [c.key for c in s.clusters]
+    (('t', 'q'), 3, 2, ['paris', 'lyon'])
+    """
 
     greedy: dict
     samples: list[dict]
@@ -164,7 +114,19 @@ class SampleSet:
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct (Chen et al. 2021)."""
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021).
+
+    Args:
+        n: samples drawn.
+        c: samples correct.
+        k: samples allowed.
+
+    Returns:
+        The probability that at least one of k samples (drawn from the n) is correct.
+
+    >>> round(pass_at_k(10, 1, 1), 3), pass_at_k(10, 9, 2)
+    (0.1, 1.0)
+    """
     if not 0 <= c <= n or not 1 <= k <= n:
         raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
     if n - c < k:
@@ -183,6 +145,25 @@ class Resampling(Result):
     The result protocol (`tl_truth.results.Result`): `to_dict()` is the summary (what
     `resample_summary.json` holds); `save(dir)` also writes every sample (`samples.jsonl`) and
     the greedy answers (`greedy/`), which `Resampling.load(dir)` reads back.
+
+    Attributes:
+        sets: one `SampleSet` per question.
+        meta: how the samples were made (model, K, temperature, generation settings, ...).
+
+    >>> import tempfile
+    >>> def rec(answer, i=0):
+    ...     ok = answer == "Paris"
+    ...     return {"task": "t", "id": "q", "split": "test", "question": "Capital of France?",
+    ...             "gold": "Paris", "answer": answer, "exact_answer": answer, "correct": ok,
+    ...             "category": "correct" if ok else "incorrect", "sample_index": i}
+    >>> s = SampleSet(rec("Lyon"), [rec(a, i) for i, a in enumerate(["Paris", "Paris", "Lyon"])])
+    >>> res = Resampling([s], {"k": 3})
+    >>> res.summary()["pass_at_k"]
+    {'1': 0.6666666666666667, '2': 1.0, '3': 1.0}
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     back = Resampling.load(res.save(d))
+    >>> [r["answer"] for r in back.sets[0].samples], back.meta
+    (['Paris', 'Paris', 'Lyon'], {'k': 3})
     """
 
     sets: list[SampleSet]
@@ -361,8 +342,31 @@ def resample(
 ) -> Resampling:
     """K sampled answers per question (graded, located, clustered) next to the greedy one.
 
-    `greedy`: greedy records to reuse (e.g. a `tl-truth run` directory's generations); those of
-    the dataset's questions are taken, and any question without one is answered greedily here.
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        dataset: the questions.
+        k: samples per question.
+        temperature: the sampling temperature (> 0).
+        config: generation settings (length, batch size, seed); default `GenerationConfig()`.
+        fmt: the prompt format (default: chosen for the model).
+        greedy: greedy records to reuse (e.g. a `tl-truth run` directory's generations);
+            those of the dataset's questions are taken, and any question without one is
+            answered greedily here.
+        extract_with_model: the model-based exact-answer extraction fallback.
+        progress: show progress bars.
+        locate: "blind" or "paper": how exact answers are located (as for the greedy ones).
+
+    Returns:
+        The `Resampling`: one `SampleSet` per question, in the dataset's order.
+
+    >>> import tl_truth as tt
+    >>> from tl_truth.testing import tiny_model
+    >>> qs = [tt.make_question(str(i), f"What is {i} + 1?", str(i + 1), "sums", "math")
+    ...       for i in range(2)]
+    >>> res = resample(tiny_model("llama"), tt.QADataset("sums", qs), k=2,
+    ...                config=tt.GenerationConfig(max_new_tokens=3), progress=False)
+    >>> len(res), res.k, [s.key for s in res.sets]
+    (2, 2, [('sums', '0'), ('sums', '1')])
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")

@@ -40,6 +40,12 @@ def _default_clusters(answers: Sequence[Mapping[str, Any]]) -> list[int]:
 def discrete_semantic_entropy(cluster_ids: Sequence[int]) -> float:
     """Entropy (nats) of the cluster distribution by counts.
 
+    Args:
+        cluster_ids: one cluster id per sample.
+
+    Returns:
+        The entropy (nan with no samples).
+
     >>> round(discrete_semantic_entropy([0, 0, 1, 1]), 4)
     0.6931
     >>> discrete_semantic_entropy([3, 3, 3])
@@ -54,6 +60,13 @@ def discrete_semantic_entropy(cluster_ids: Sequence[int]) -> float:
 
 def rouge_l_f1(a: str, b: str) -> float:
     """ROUGE-L F1 between two texts over normalised words (longest common subsequence).
+
+    Args:
+        a: one text.
+        b: the other.
+
+    Returns:
+        The F1 of the longest common word subsequence (1.0 for two empty texts).
 
     >>> rouge_l_f1("the capital is Paris", "The capital is Lyon")  # articles dropped
     0.6666666666666666
@@ -75,7 +88,13 @@ def rouge_l_f1(a: str, b: str) -> float:
 
 
 def lexical_similarity(texts: Sequence[str]) -> float:
-    """Mean pairwise ROUGE-L F1 of the texts (nan with fewer than two).
+    """Mean pairwise ROUGE-L F1 of the texts.
+
+    Args:
+        texts: the sampled answers' texts.
+
+    Returns:
+        The mean over pairs (nan with fewer than two texts).
 
     >>> lexical_similarity(["Paris", "Paris", "Lyon"])
     0.3333333333333333
@@ -98,6 +117,17 @@ def sampling_scores(
 
     Returns:
         method name -> array over `sets`.
+
+    >>> from tl_truth.studies.resampling import SampleSet
+    >>> def rec(answer, i=0, qid="q"):
+    ...     ok = answer == "Paris"
+    ...     return {"task": "t", "id": qid, "split": "test", "answer": answer,
+    ...             "exact_answer": answer, "correct": ok,
+    ...             "category": "correct" if ok else "incorrect", "sample_index": i}
+    >>> sets = [SampleSet(rec("Lyon", qid="a"), [rec(x, i, "a") for i, x in enumerate(["Paris", "Lyon"])]),
+    ...         SampleSet(rec("Paris", qid="b"), [rec("Paris", i, "b") for i in range(2)])]
+    >>> {name: v.tolist() for name, v in sampling_scores(sets).items()}
+    {'semantic_entropy': [-0.6931471805599453, -0.0], 'lexical_similarity': [0.0, 1.0], 'greedy_agreement': [0.5, 1.0]}
     """
     cluster_fn = cluster_fn or _default_clusters
     out = {m: np.full(len(sets), np.nan) for m in METHODS}
@@ -126,6 +156,29 @@ def compare_with_probe(
     All methods are scored on the same questions: those where every method has a score.
     With `probe_scores` (the probe's P(correct) of each greedy answer), each sampling method
     also gets `probe_minus_method`, a paired bootstrap CI of the AUC difference.
+
+    Args:
+        sets: the resampled questions (`Resampling.sets`).
+        probe_scores: the probe's P(correct) of each greedy answer (None: no probe row).
+        cluster_fn: answers -> cluster ids (default: normalised exact answers).
+        n_boot: bootstrap replicates for the CIs (0: none).
+        seed: the bootstrap seed.
+
+    Returns:
+        `n`, `n_correct`, `clustering`, `auc` and `ci` per method (and the probe), and
+        `probe_minus_method` when `probe_scores` are given.
+
+    >>> from tl_truth.studies.resampling import SampleSet
+    >>> def rec(answer, i=0, qid="q"):
+    ...     ok = answer == "Paris"
+    ...     return {"task": "t", "id": qid, "split": "test", "answer": answer,
+    ...             "exact_answer": answer, "correct": ok,
+    ...             "category": "correct" if ok else "incorrect", "sample_index": i}
+    >>> sets = [SampleSet(rec("Lyon", qid="a"), [rec(x, i, "a") for i, x in enumerate(["Paris", "Lyon"])]),
+    ...         SampleSet(rec("Paris", qid="b"), [rec("Paris", i, "b") for i in range(2)])]
+    >>> out = compare_with_probe(sets, probe_scores=[0.2, 0.9], n_boot=0)
+    >>> out["n"], out["auc"]["greedy_agreement"], out["auc"]["probe"]
+    (2, 1.0, 1.0)
     """
     labels = np.array([int(bool(s.greedy["correct"])) for s in sets])
     methods = sampling_scores(sets, cluster_fn)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tl_truth.results import Result, pyplot_axes
-from tl_truth.studies.error_types import ERROR_TYPES, Thresholds, error_types
+from tl_truth.studies.error_taxonomy import ERROR_TYPES, Thresholds, error_types
 from tl_truth.studies.resampling import SampleSet
 
 STRATEGIES = ("greedy", "random", "majority", "probe")
@@ -32,7 +32,23 @@ COLORS = {
 
 
 def majority_choice(s: SampleSet) -> float:
-    """Correctness of the largest answer cluster (refusals only win when nothing else exists)."""
+    """Correctness of the largest answer cluster (refusals only win when nothing else exists).
+
+    Args:
+        s: the question's samples.
+
+    Returns:
+        1.0 if the majority answer is correct, else 0.0.
+
+    >>> def rec(answer, i=0, qid="q"):
+    ...     ok = answer == "Paris"
+    ...     return {"task": "t", "id": qid, "split": "test", "question": "Capital of France?",
+    ...             "gold": "Paris", "answer": answer, "exact_answer": answer, "correct": ok,
+    ...             "category": "correct" if ok else "incorrect", "sample_index": i}
+    >>> s = SampleSet(rec("Lyon"), [rec(a, i) for i, a in enumerate(["Paris", "Paris", "Lyon"])])
+    >>> majority_choice(s)
+    1.0
+    """
     pool = s.answers or s.clusters
     if not pool:
         return 0.0
@@ -40,7 +56,24 @@ def majority_choice(s: SampleSet) -> float:
 
 
 def probe_choice(s: SampleSet, scores: Sequence[float]) -> float | None:
-    """Correctness of the sample with the highest probe score; None if no sample was scored."""
+    """Correctness of the sample with the highest probe score.
+
+    Args:
+        s: the question's samples.
+        scores: the probe's score per sample (NaN: not scored).
+
+    Returns:
+        1.0 or 0.0; None if no sample was scored.
+
+    >>> def rec(answer, i=0, qid="q"):
+    ...     ok = answer == "Paris"
+    ...     return {"task": "t", "id": qid, "split": "test", "question": "Capital of France?",
+    ...             "gold": "Paris", "answer": answer, "exact_answer": answer, "correct": ok,
+    ...             "category": "correct" if ok else "incorrect", "sample_index": i}
+    >>> s = SampleSet(rec("Lyon"), [rec(a, i) for i, a in enumerate(["Paris", "Paris", "Lyon"])])
+    >>> probe_choice(s, [0.2, 0.1, 0.9]), probe_choice(s, [float("nan")] * 3)
+    (0.0, None)
+    """
     sc = np.asarray(scores, dtype=float)
     if len(sc) != s.k:
         raise ValueError(f"{s.key}: {len(sc)} scores for {s.k} samples")
@@ -52,8 +85,26 @@ def probe_choice(s: SampleSet, scores: Sequence[float]) -> float | None:
 def per_question(
     sets: Sequence[SampleSet], scores: Mapping[tuple[str, str], Sequence[float]] | None
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Each strategy's correctness (0/1, expectation for random) per question, and which
-    questions fell back to majority vote because no sample had a probe score."""
+    """Each strategy's correctness per question, and which fell back to majority vote.
+
+    Args:
+        sets: the questions' samples.
+        scores: (task, id) -> the probe's score per sample; None: no probe strategies.
+
+    Returns:
+        Strategy -> correctness per question (0/1; the expectation for `random`), and a
+        mask of the questions where no sample had a probe score.
+
+    >>> def rec(answer, i=0, qid="q"):
+    ...     ok = answer == "Paris"
+    ...     return {"task": "t", "id": qid, "split": "test", "question": "Capital of France?",
+    ...             "gold": "Paris", "answer": answer, "exact_answer": answer, "correct": ok,
+    ...             "category": "correct" if ok else "incorrect", "sample_index": i}
+    >>> s = SampleSet(rec("Lyon"), [rec(a, i) for i, a in enumerate(["Paris", "Paris", "Lyon"])])
+    >>> values, fallback = per_question([s], None)
+    >>> {name: v.tolist() for name, v in values.items()}
+    {'greedy': [0.0], 'random': [0.6666666666666666], 'majority': [1.0], 'oracle': [1.0]}
+    """
     out = {name: np.zeros(len(sets)) for name in (*STRATEGIES, "random_located", "oracle")}
     fallback = np.zeros(len(sets), dtype=bool)
     for i, s in enumerate(sets):
@@ -111,6 +162,24 @@ class SelectionResult(Result):
 
     The result protocol (`tl_truth.results.Result`): `save(dir)` writes `selection.json`, `.md`
     and `.png`; `SelectionResult.load(dir)` reads it back.
+
+    Attributes:
+        accuracy: strategy -> {"value", "ci"} (and paired differences `minus_<ref>`).
+        per_task: task -> {"n", strategy -> {"value", "ci"}}.
+        per_type: error type -> the same, for the questions of that type.
+        pass_at_k: the oracle: any of the K samples right (overall and for greedy-wrong).
+        n: questions evaluated.
+        k: samples per question.
+        n_probe_fallback: questions where the probe fell back to majority vote.
+        meta: where the samples came from.
+
+    >>> import tempfile
+    >>> res = SelectionResult({"greedy": {"value": 0.5, "ci": [0.25, 0.75]}}, {}, {}, {}, n=4, k=2)
+    >>> res.to_dataframe()[["strategy", "accuracy", "n"]].values.tolist()
+    [['greedy', 0.5, 4]]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     SelectionResult.load(res.save(d)) == res
+    True
     """
 
     accuracy: dict[str, dict]
@@ -247,9 +316,29 @@ def select_answers(
 ) -> SelectionResult:
     """Greedy vs random vs majority vs probe (highest score among the K samples).
 
-    `scores[(task, id)]`: the probe's score per sample (NaN where it has no position). `split`
-    restricts the evaluation to questions of that split (the probe was trained on "train");
-    None keeps every question.
+    Args:
+        sets: the questions' samples.
+        scores: (task, id) -> the probe's score per sample (NaN where it has no position);
+            None: no probe strategies.
+        n_boot: bootstrap replicates (over questions) for the CIs.
+        seed: the bootstrap seed.
+        split: only the questions of this split (the probe was trained on "train"); None:
+            every question.
+
+    Returns:
+        The `SelectionResult`.
+
+    >>> def rec(answer, i=0, qid="q"):
+    ...     ok = answer == "Paris"
+    ...     return {"task": "t", "id": qid, "split": "test", "question": "Capital of France?",
+    ...             "gold": "Paris", "answer": answer, "exact_answer": answer, "correct": ok,
+    ...             "category": "correct" if ok else "incorrect", "sample_index": i}
+    >>> sets = [SampleSet(rec("Lyon", qid="a"), [rec("Paris", 0, "a"), rec("Lyon", 1, "a")]),
+    ...         SampleSet(rec("Paris", qid="b"), [rec("Paris", 0, "b"), rec("Paris", 1, "b")])]
+    >>> scores = {s.key: [0.9 if r["correct"] else 0.1 for r in s.samples] for s in sets}
+    >>> res = select_answers(sets, scores, n_boot=100)
+    >>> res.accuracy["greedy"]["value"], res.accuracy["probe"]["value"], res.n
+    (0.5, 1.0, 2)
     """
     if split is not None:
         sets = [s for s in sets if s.greedy["split"] == split]

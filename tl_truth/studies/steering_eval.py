@@ -24,7 +24,7 @@ from tl_truth.intervention.steering import steer
 from tl_truth.probing.probe import Probe
 from tl_truth.probing.scoring import score_records
 from tl_truth.results import Result, pyplot_axes
-from tl_truth.studies.main_job import fmt_value
+from tl_truth.studies.main_report import fmt_value
 
 
 def _rates(base: np.ndarray, new: np.ndarray) -> dict:
@@ -48,6 +48,29 @@ class SteeringResult(Result):
 
     The result protocol (`tl_truth.results.Result`): `save(dir)` writes `steering.json`, `.md`
     and `.png` (values at full precision); `SteeringResult.load(dir)` reads it back.
+
+    Attributes:
+        baseline_accuracy: the unsteered accuracy.
+        n_questions: held-out questions answered per setting.
+        settings: one dict per (layer, alpha): `accuracy`, `recovery_rate`, `break_rate`,
+            `probe_score_shift`, the `random` directions' means, `net_gain_over_random`.
+        scope: which tokens were pushed.
+        units: the alphas' units ("sd" or "abs").
+        meta: the model, the dataset, the probe's position.
+
+    >>> import tempfile
+    >>> setting = {
+    ...     "layer": 1, "hook": "blocks.1.hook_resid_post", "alpha": 4.0, "scope": "all",
+    ...     "accuracy": 0.6, "recovery_rate": 0.5, "break_rate": 0.1, "probe_score_shift": 0.3,
+    ...     "random": {"n": 2, "accuracy_mean": 0.4, "accuracy_sd": 0.05,
+    ...                "recovery_rate_mean": 0.2, "break_rate_mean": 0.2},
+    ...     "net_gain_over_random": 0.2}
+    >>> res = SteeringResult(0.4, 10, [setting], scope="all", units="sd")
+    >>> res.best["alpha"], res.conclusion().startswith("The probe direction is better")
+    (4.0, True)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     SteeringResult.load(res.save(d)) == res
+    True
     """
 
     baseline_accuracy: float
@@ -192,7 +215,38 @@ def steering_sweep(
     seed: int = 0,
     progress: bool = True,
 ) -> SteeringResult:
-    """Sweep layers x alphas; `probes` maps layer -> (probe, its direction at that layer)."""
+    """Sweep layers x alphas: steer along each probe's direction and along random ones.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        dataset: the held-out questions to answer.
+        probes: layer -> (probe, its direction at that layer).
+        alphas: steering strengths.
+        scope: which tokens are pushed (`all`, `prompt`, `last_prompt`, `generated`).
+        units: "sd" (alphas in SDs of the activations' projection) or "abs".
+        n_random: norm-matched random directions per setting.
+        config: generation settings (default: greedy, 24 new tokens).
+        seed: the random directions' seed.
+        progress: show a progress bar.
+
+    Returns:
+        The `SteeringResult`, one setting per (layer, alpha).
+
+    On a tiny random model (it answers nothing right, so the rates are trivial):
+
+    >>> import torch
+    >>> import tl_truth as tt
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> x, y = torch.randn(20, model.cfg.d_model), torch.arange(20) % 2
+    >>> probe = tt.Probe.from_data(x, y, hook="blocks.1.hook_resid_post", position="last_prompt")
+    >>> qs = [tt.make_question("1", "What is 1 + 1?", "2", "sums", "math")]
+    >>> res = steering_sweep(model, tt.QADataset("sums", qs), {1: (probe, tt.from_probe(probe, x))},
+    ...                      alphas=[4.0], n_random=1, config=tt.GenerationConfig(max_new_tokens=2),
+    ...                      progress=False)
+    >>> [(s["layer"], s["alpha"], s["random"]["n"]) for s in res.settings], res.n_questions
+    ([(1, 4.0, 1)], 1)
+    """
     config = config or GenerationConfig(max_new_tokens=24)
 
     def answer() -> list[dict]:
