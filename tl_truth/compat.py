@@ -19,24 +19,73 @@ _PATCHED_ATTR = "_tl_truth_cache_shim"
 
 
 def transformers_version() -> Version:
+    """The installed transformers version.
+
+    Returns:
+        A `packaging.version.Version` (compare it with `Version("5.24")`).
+
+    >>> transformers_version() > Version("4.0")
+    True
+    """
     return Version(importlib.metadata.version("transformers"))
 
 
 def transformer_lens_version() -> Version:
+    """The installed TransformerLens version.
+
+    Returns:
+        A `packaging.version.Version`.
+
+    >>> transformer_lens_version() >= Version("3.0")
+    True
+    """
     return Version(importlib.metadata.version("transformer-lens"))
 
 
 def has_hooked_transformer() -> bool:
-    """TL 4.x removed HookedTransformer (importing it raises ImportError, not AttributeError)."""
+    """Whether `backend="hooked"` is available.
+
+    TL 4.x removed HookedTransformer (importing it raises ImportError, not AttributeError).
+
+    Returns:
+        True under TransformerLens 3.x, False from 4.0 on.
+
+    >>> has_hooked_transformer() == (transformer_lens_version() < Version("4.0.0"))
+    True
+    """
     return transformer_lens_version() < Version("4.0.0")
 
 
 def needs_cache_shim() -> bool:
+    """Whether this transformers renamed the KV-cache keyword (5.24 and later).
+
+    Returns:
+        True when `patch_bridge_kv_cache` has something to fix.
+
+    >>> needs_cache_shim() == (transformers_version() >= Version("5.24.0.dev0"))
+    True
+    """
     return transformers_version() >= Version("5.24.0.dev0")
 
 
 def patch_bridge_kv_cache(force: bool = False) -> bool:
-    """Make AttentionBridge read the KV cache under its post-5.24 name. Returns True if patched."""
+    """Make AttentionBridge read the KV cache under its post-5.24 name. Returns True if patched.
+
+    Idempotent; `load_model` and `from_hf` call it, so you only need it for a bridge you built
+    yourself.
+
+    Args:
+        force: patch even on a transformers that does not need it (the shim is harmless there).
+
+    Returns:
+        True if `AttentionBridge._update_kv_cache` is (now, or already) patched, False when
+        nothing needed patching or this TransformerLens has no bridge.
+
+    >>> patch_bridge_kv_cache() == needs_cache_shim()
+    True
+    >>> patch_bridge_kv_cache() == patch_bridge_kv_cache()  # calling it again changes nothing
+    True
+    """
     if not (force or needs_cache_shim()):
         return False
     try:

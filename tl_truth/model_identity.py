@@ -17,12 +17,22 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 
 Backend = Literal["bridge", "hooked"]
+"""The two TransformerLens backends tl_truth runs on."""
 HOOK_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+"""Hook kinds `hook_name` knows: each is `blocks.{layer}.hook_{kind}` on both backends."""
 
 
 @runtime_checkable
 class TLModel(Protocol):
-    """What tl_truth uses: both HookedTransformer and TransformerBridge satisfy it."""
+    """What tl_truth uses: both HookedTransformer and TransformerBridge satisfy it.
+
+    A runtime-checkable Protocol: `isinstance(model, TLModel)` checks for `cfg`, `tokenizer`,
+    `hooks` and `__call__` (nothing about their signatures).
+
+    >>> from tl_truth.testing import tiny_model
+    >>> isinstance(tiny_model("llama"), TLModel)
+    True
+    """
 
     cfg: Any
     tokenizer: Any
@@ -34,7 +44,28 @@ class TLModel(Protocol):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Identity of the activations a model produces. Saved next to every store and probe."""
+    """Identity of the activations a model produces. Saved next to every store and probe.
+
+    Two activations are comparable only when fingerprint, backend, processing, n_layers and
+    d_model all agree (`differences` lists the ones that do not); `name` and `chat` are for
+    people. Build one with `model_info(model)`.
+
+    Args:
+        name: a label for people (the built-in name, directory name or hub id).
+        backend: "bridge" (TransformerBridge) or "hooked" (HookedTransformer).
+        processing: the weight processing: "hf" (raw HF weights), "compat" (the bridge's
+            compatibility mode), "ht:fold_ln+center_writing" and such for a HookedTransformer.
+        fingerprint: `fingerprint(model)`, a 16-hex-digit hash of the weights.
+        n_layers: number of transformer blocks.
+        d_model: width of the residual stream.
+        chat: whether prompts go through the tokenizer's chat template.
+
+    >>> info = ModelInfo("tiny", "bridge", "hf", "abc123", n_layers=2, d_model=32, chat=False)
+    >>> info.to_dict()["d_model"]
+    32
+    >>> info.differences(ModelInfo("tiny", "hooked", "hf", "abc123", 2, 32, False))
+    ["backend: 'bridge' != 'hooked'"]
+    """
 
     name: str
     backend: Backend
@@ -45,10 +76,30 @@ class ModelInfo:
     chat: bool
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (what stores and probes save).
+
+        Returns:
+            `{"name": ..., "backend": ..., ..., "chat": ...}`; `ModelInfo(**d)` rebuilds it.
+
+        >>> ModelInfo("m", "bridge", "hf", "f", 2, 32, False).to_dict()["backend"]
+        'bridge'
+        """
         return asdict(self)
 
     def differences(self, other: ModelInfo) -> list[str]:
-        """Human-readable list of the fields that make activations incomparable."""
+        """Human-readable list of the fields that make activations incomparable.
+
+        Args:
+            other: the identity to compare with.
+
+        Returns:
+            One `"field: mine != theirs"` string per differing field among fingerprint, backend,
+            processing, n_layers and d_model (empty when the activations are comparable).
+
+        >>> a = ModelInfo("m", "bridge", "hf", "f", 2, 32, False)
+        >>> a.differences(ModelInfo("other name", "bridge", "hf", "f", 2, 32, True))
+        []
+        """
         return [
             f"{k}: {getattr(self, k)!r} != {getattr(other, k)!r}"
             for k in ("fingerprint", "backend", "processing", "n_layers", "d_model")
@@ -61,6 +112,21 @@ class ModelInfo:
 
 
 def backend_of(model: Any) -> Backend:
+    """Which TransformerLens backend `model` is.
+
+    Args:
+        model: a loaded model.
+
+    Returns:
+        "bridge" for a `TransformerBridge`, "hooked" for a `HookedTransformer`.
+
+    Raises:
+        TypeError: anything else (e.g. a bare Hugging Face model), with how to wrap it.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> backend_of(tiny_model("llama"))
+    'bridge'
+    """
     names = {c.__name__ for c in type(model).__mro__}
     if "TransformerBridge" in names:
         return "bridge"
@@ -74,6 +140,20 @@ def backend_of(model: Any) -> Backend:
 
 
 def processing_of(model: Any) -> str:
+    """How the model's weights were processed, which changes its activations.
+
+    Args:
+        model: a TransformerBridge or HookedTransformer.
+
+    Returns:
+        "hf" (bridge, raw HF weights) or "compat" (bridge in compatibility mode); for a
+        HookedTransformer "ht:" plus the processing applied ("fold_ln", "center_writing") or
+        "ht:raw".
+
+    >>> from tl_truth.testing import tiny_model
+    >>> processing_of(tiny_model("llama"))
+    'hf'
+    """
     if backend_of(model) == "bridge":
         return "compat" if getattr(model, "compatibility_mode", False) else "hf"
     cfg = model.cfg
@@ -89,6 +169,17 @@ def fingerprint(model: torch.nn.Module) -> str:
     """Cheap, stable hash of the weights: names, shapes and a strided sample of each tensor.
 
     Cached on the module: weights are not expected to change under us (steering uses hooks).
+
+    Args:
+        model: any torch module (a TL model, or a Hugging Face one).
+
+    Returns:
+        16 hex digits; the same weights always give the same fingerprint.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> fp = fingerprint(tiny_model("llama"))
+    >>> len(fp), fp == fingerprint(tiny_model("llama"))
+    (16, True)
     """
     cached = getattr(model, "_tl_truth_fingerprint", None)
     if cached is not None:
@@ -110,6 +201,19 @@ def fingerprint(model: torch.nn.Module) -> str:
 
 
 def model_info(model: Any) -> ModelInfo:
+    """The `ModelInfo` of a loaded model (computed once, then cached on the model).
+
+    Args:
+        model: a TransformerBridge or HookedTransformer (e.g. from `load_model`).
+
+    Returns:
+        Its name, backend, weight processing, fingerprint, n_layers, d_model and chat flag.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> info = model_info(tiny_model("llama"))
+    >>> info.name, info.backend, info.n_layers, info.d_model, info.chat
+    ('tiny-llama', 'bridge', 2, 32, False)
+    """
     cached = getattr(model, "_tl_truth_info", None)
     if isinstance(cached, ModelInfo):
         return cached
@@ -131,7 +235,25 @@ def model_info(model: Any) -> ModelInfo:
 
 
 def hook_name(kind: str, layer: int, n_layers: int | None = None) -> str:
-    """`("resid_post", 3)` -> `"blocks.3.hook_resid_post"`; the names both backends share."""
+    """`("resid_post", 3)` -> `"blocks.3.hook_resid_post"`; the names both backends share.
+
+    Args:
+        kind: one of `HOOK_KINDS` ("resid_pre", "resid_mid", "resid_post", "attn_out",
+            "mlp_out").
+        layer: the block index.
+        n_layers: if given, `layer` must lie in `0..n_layers-1`.
+
+    Returns:
+        The TransformerLens hook point name.
+
+    Raises:
+        ValueError: an unknown kind or a layer out of range.
+
+    >>> hook_name("resid_post", 3)
+    'blocks.3.hook_resid_post'
+    >>> hook_name("mlp_out", 0, n_layers=2)
+    'blocks.0.hook_mlp_out'
+    """
     if kind not in HOOK_KINDS:
         raise ValueError(f"unknown hook kind {kind!r}; choose from {HOOK_KINDS}")
     if n_layers is not None and not (0 <= layer < n_layers):
@@ -140,4 +262,16 @@ def hook_name(kind: str, layer: int, n_layers: int | None = None) -> str:
 
 
 def model_device(model: Any) -> torch.device:
+    """The device of the model's (first) parameters, where its inputs must go.
+
+    Args:
+        model: any torch module.
+
+    Returns:
+        A `torch.device`.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> model_device(tiny_model("llama")).type
+    'cpu'
+    """
     return next(model.parameters()).device

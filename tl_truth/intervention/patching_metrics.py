@@ -19,6 +19,7 @@ from torch import Tensor
 from tl_truth.probing.probe import Probe
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]]
+"""A TransformerLens `patching_metric`: logits [batch, pos, d_vocab] -> a 0-dim tensor."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,6 +39,26 @@ class ProbeMetric:
 
     The capture hook is moved to the end of its hook point's hooks before every forward, so a
     patch on the probe's own hook point (added later, e.g. by `run_with_hooks`) is seen by it.
+
+    Args:
+        model: a TransformerLens model.
+        probe: a `Probe` with `hook` set.
+        position: the full-sequence index the probe reads (negative counts from the end).
+
+    Raises:
+        ValueError: the probe has no hook.
+
+    >>> import torch
+    >>> from tl_truth.probing import Probe
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> probe = Probe("mean_diff", torch.ones(32), 0.0, torch.zeros(32), torch.ones(32),
+    ...               hook="blocks.1.hook_resid_post")
+    >>> with ProbeMetric(model, probe, position=-1) as metric, torch.no_grad():
+    ...     logits = model(torch.tensor([[1, 5, 9], [1, 7, 8]]))
+    ...     rows, mean = metric.per_row(logits), metric(logits)
+    >>> rows.shape, torch.allclose(rows.mean(), mean)
+    (torch.Size([2]), True)
     """
 
     def __init__(self, model: Any, probe: Probe, position: int):
@@ -76,7 +97,19 @@ class ProbeMetric:
         return self
 
     def close(self) -> None:
-        """Remove the capture hook (idempotent)."""
+        """Remove the capture hook (idempotent).
+
+            >>> import torch
+        >>> from tl_truth.probing import Probe
+            >>> from tl_truth.testing import tiny_model
+            >>> model = tiny_model("llama")
+            >>> probe = Probe("mean_diff", torch.ones(32), 0.0, torch.zeros(32), torch.ones(32),
+            ...               hook="blocks.1.hook_resid_post")
+            >>> metric = ProbeMetric(model, probe, 0).__enter__()
+            >>> metric.close(); metric.close()
+            >>> len(model.hook_dict["blocks.1.hook_resid_post"].fwd_hooks)
+            0
+        """
         if self._lens_handle is not None:
             self._lens_handle.hook.remove()
             self._hook_point.fwd_hooks[:] = [
@@ -89,7 +122,21 @@ class ProbeMetric:
         self.close()
 
     def per_row(self, logits: Tensor | None = None) -> Float[Tensor, " batch"]:
-        """The probe's decision function for each row of the latest forward."""
+        """The probe's decision function for each row of the latest forward.
+
+        Args:
+            logits: ignored (the activation was captured during the forward); accepted so the
+                metric has the patching-metric signature.
+
+        Returns:
+            [batch] decision values (> 0 predicts "correct").
+
+        Raises:
+            RuntimeError: outside the `with`, or no forward reached the probe's hook point (or the
+                forward was shorter than `position`).
+
+        See the class example.
+        """
         if self._lens_handle is None:
             raise RuntimeError("use the probe metric inside `with probe_metric(...) as metric:`")
         if self.activation is None:
@@ -103,7 +150,27 @@ class ProbeMetric:
 def probe_metric(model: Any, probe: Probe, position: int) -> ProbeMetric:
     """`with probe_metric(model, probe, position) as metric:` -> `metric(logits)`, the probe's
     decision function on `probe.hook`'s activation at `position` (full-sequence index, e.g.
-    from `tl_truth.answers.positions.resolve_position`) in the forward that produced `logits`."""
+    from `tl_truth.answers.positions.resolve_position`) in the forward that produced `logits`.
+
+    Args:
+        model: a TransformerLens model.
+        probe: a `Probe` with `hook` set.
+        position: the full-sequence index the probe reads.
+
+    Returns:
+        A `ProbeMetric` (a context manager; open it before any forward it should read).
+
+    >>> import torch
+    >>> from tl_truth.probing import Probe
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> probe = Probe("mean_diff", torch.ones(32), 0.0, torch.zeros(32), torch.ones(32),
+    ...               hook="blocks.1.hook_resid_post")
+    >>> with probe_metric(model, probe, position=2) as metric, torch.no_grad():
+    ...     value = metric(model(torch.tensor([[1, 5, 9, 30]])))
+    >>> value.ndim
+    0
+    """
     return ProbeMetric(model, probe, position)
 
 
@@ -111,7 +178,21 @@ def logit_metric(token_id: int, position: int) -> Metric:
     """`patching_metric`: the logit of `token_id` at `position` (batch-averaged).
 
     `position` is the position whose logits *predict* the token (e.g. the last prompt token for
-    the first answer token)."""
+    the first answer token).
+
+    Args:
+        token_id: the token whose logit is read.
+        position: the sequence index of the logits.
+
+    Returns:
+        A function `logits -> 0-dim tensor`.
+
+    >>> import torch
+    >>> logits = torch.zeros(2, 3, 10)
+    >>> logits[:, 1, 7] = torch.tensor([1.0, 3.0])
+    >>> logit_metric(token_id=7, position=1)(logits).item()
+    2.0
+    """
 
     def metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
         return logits[:, position, token_id].mean()

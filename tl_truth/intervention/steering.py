@@ -78,7 +78,34 @@ def position_mask(
     prompt_lengths: Any = None,
     positions: Positions | None = None,
 ) -> Bool[Tensor, "batch seq"]:
-    """Which (row, position) cells of this forward pass to steer."""
+    """Which (row, position) cells of this forward pass to steer.
+
+    Inside `generate_ids` positions come from its decode state (absolute, unpadded; left
+    padding is never steered); outside it the sequence index is the position.
+
+    Args:
+        scope: "all", "prompt", "last_prompt", "generated" or "positions".
+        batch: rows of the activation.
+        seq_len: positions of the activation (1 per step with a KV cache).
+        device: where the mask goes.
+        prompt_lengths: per-row (or one shared) prompt length; needed for the prompt-relative
+            scopes outside `generate_ids`.
+        positions: the explicit positions for scope "positions": one collection for every
+            row, or one per row.
+
+    Returns:
+        [batch, seq_len] bool mask.
+
+    Raises:
+        ValueError: a prompt-relative scope without `prompt_lengths` outside generation, or
+            positions for the wrong number of rows.
+
+    >>> cpu = torch.device("cpu")
+    >>> position_mask("prompt", 2, 4, cpu, prompt_lengths=[2, 3]).int().tolist()
+    [[1, 1, 0, 0], [1, 1, 1, 0]]
+    >>> position_mask("positions", 1, 4, cpu, positions=[0, 3]).int().tolist()
+    [[1, 0, 0, 1]]
+    """
     state = decode_state()
     if state is not None:
         pos = state.absolute_positions(seq_len).to(device)
@@ -122,7 +149,27 @@ def steering_hook(
     prompt_lengths: Any = None,
     positions: Positions | None = None,
 ) -> HookFn:
-    """A TransformerLens hook adding `vector` to a [batch, seq, d] activation at `scope`."""
+    """A TransformerLens hook adding `vector` to a [batch, seq, d] activation at `scope`.
+
+    Args:
+        vector: [d] the vector to add (already scaled).
+        scope: "all", "prompt", "last_prompt", "generated", or explicit positions (one
+            collection for every row, or one per row).
+        prompt_lengths: per-row prompt lengths, for prompt-relative scopes outside
+            `generate_ids`.
+        positions: explicit positions (with scope "all" or "positions"), instead of `scope`.
+
+    Returns:
+        A hook function `(act, hook) -> act + mask * vector` (out of place), for
+        `model.run_with_hooks(fwd_hooks=[(name, fn)])` or `model.hooks`.
+
+    Raises:
+        ValueError: an unknown scope (at once), or a wrongly shaped activation (when called).
+
+    >>> hook = steering_hook(torch.ones(4), scope=[1])
+    >>> hook(torch.zeros(1, 3, 4)).sum(-1).tolist()
+    [[0.0, 4.0, 0.0]]
+    """
     kind, pos = _resolve_scope(scope, positions)
     vec = torch.as_tensor(vector).detach().reshape(-1)
 
@@ -142,7 +189,25 @@ def steering_hook(
 
 @dataclass
 class Steering:
-    """Vectors to add at one or more hook points, at the positions given by `scope`."""
+    """Vectors to add at one or more hook points, at the positions given by `scope`.
+
+    Args:
+        vectors: (hook name, [d] vector) pairs; each vector is added as given.
+        scope: "all", "prompt", "last_prompt", "generated", or explicit positions.
+        positions: explicit positions (instead of giving them as `scope`).
+        prompt_lengths: only for prompt-relative scopes outside `generate_ids`.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> tokens = torch.tensor([[1, 5, 9, 30]])
+    >>> steering = Steering([("blocks.0.hook_resid_post", 5 * torch.ones(32))], scope=[3])
+    >>> with torch.no_grad():
+    ...     plain = model(tokens)
+    ...     with steering.apply(model):
+    ...         steered = model(tokens)
+    >>> torch.allclose(steered[0, :3], plain[0, :3]), torch.allclose(steered[0, 3], plain[0, 3])
+    (True, False)
+    """
 
     vectors: list[tuple[str, Float[Tensor, " d"]]]
     scope: Scope = "all"
@@ -153,7 +218,14 @@ class Steering:
         _resolve_scope(self.scope, self.positions)  # fail early on a bad scope
 
     def hooks(self) -> list[tuple[str, HookFn]]:
-        """(hook name, fn) pairs for `model.run_with_hooks(fwd_hooks=...)` or `model.hooks`."""
+        """(hook name, fn) pairs for `model.run_with_hooks(fwd_hooks=...)` or `model.hooks`.
+
+        Returns:
+            One `steering_hook` per vector.
+
+        >>> Steering([("blocks.0.hook_resid_post", torch.ones(32))]).hooks()[0][0]
+        'blocks.0.hook_resid_post'
+        """
         return [
             (name, steering_hook(vec, self.scope, self.prompt_lengths, self.positions))
             for name, vec in self.vectors
@@ -161,7 +233,24 @@ class Steering:
 
     @contextmanager
     def apply(self, model: Any) -> Iterator[Any]:
-        """Steer `model` inside the `with`; its hooks are restored on exit, even on errors."""
+        """Steer `model` inside the `with`; its hooks are restored on exit, even on errors.
+
+        Args:
+            model: a TransformerLens model.
+
+        Yields:
+            The same model, steered until the block ends.
+
+        Raises:
+            KeyError: the model has no such hook point (the bridge would silently steer nothing).
+
+        >>> from tl_truth.testing import tiny_model
+        >>> model = tiny_model("llama")
+        >>> with Steering([("blocks.0.hook_resid_post", torch.ones(32))]).apply(model) as m:
+        ...     n_hooks = len(m.hook_dict["blocks.0.hook_resid_post"].fwd_hooks)
+        >>> n_hooks, len(model.hook_dict["blocks.0.hook_resid_post"].fwd_hooks)
+        (1, 0)
+        """
         missing = [name for name, _ in self.vectors if name not in model.hook_dict]
         if missing:  # the bridge silently skips unknown names, which would steer nothing
             raise KeyError(f"model has no hook point(s) {missing}")
@@ -219,6 +308,35 @@ def steer(
     """`with steer(model, direction, alpha=4): ...` adds `alpha` SDs of `direction` at its hook.
 
     A bare tensor is added as `alpha * vector` (no projection std to scale by).
+
+    Args:
+        model: a TransformerLens model.
+        direction_or_vector: a `Direction` (e.g. `from_probe(probe, acts)`) or a [d] tensor.
+        hook: the hook point (default the direction's own `hook`; required for a tensor).
+        alpha: the strength; negative pushes the other way.
+        units: "sd" (standard deviations of the direction's projection) or "abs".
+        scope: "all", "prompt", "last_prompt", "generated", or explicit positions.
+        positions: explicit positions (instead of giving them as `scope`).
+        prompt_lengths: for prompt-relative scopes outside `generate_ids`.
+
+    Yields:
+        The model, steered until the `with` block ends (also on errors).
+
+    Raises:
+        ValueError: no hook point, or bad units/scope.
+        KeyError: the model has no such hook point.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> tokens = torch.tensor([[1, 5, 9, 30]])
+    >>> d = Direction(torch.ones(32), hook="blocks.0.hook_resid_post", projection_std=2.0)
+    >>> with torch.no_grad():
+    ...     plain = model(tokens)
+    ...     with steer(model, d, alpha=4.0):
+    ...         steered = model(tokens)
+    ...     after = model(tokens)
+    >>> torch.allclose(steered, plain), torch.allclose(after, plain)
+    (False, True)
     """
     name, vec = _as_vector(direction_or_vector, hook, alpha, units)
     with Steering([(name, vec)], scope, positions, prompt_lengths).apply(model) as m:

@@ -29,6 +29,37 @@ def probes_from_store(
     Each probe is fitted on the store's `split` examples that have `position`. `expect_model`
     (the model to steer) is checked against the store's model, so a direction is never applied
     to another model's residual stream. The result is what `steering_sweep` takes.
+
+    Args:
+        store: an `ActivationStore` holding those hooks and the position.
+        layers: the layers to fit a probe at.
+        position: a captured position name.
+        hook_kind: the hook kind (`tl_truth.models.HOOK_KINDS`).
+        split: the examples to fit on.
+        expect_model: the model the directions will steer (`ModelInfo` or dict); None: not
+            checked.
+
+    Returns:
+        layer -> (`Probe`, `Direction` with projection stats from the same activations).
+
+    Raises:
+        ValueError: a hook or the position was not captured.
+        ProbeMismatchError: `expect_model` is not the store's model.
+
+    >>> import tempfile
+    >>> from tl_truth.models import model_info
+    >>> from tl_truth.probing import capture
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> records = [{"id": str(i), "task": "demo", "split": "train" if i < 12 else "test",
+    ...             "correct": i % 2 == 0, "prompt_token_ids": [1, 20 + i, 30, 40],
+    ...             "answer_token_ids": [50 + i, 60]} for i in range(16)]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     store = capture(model, records, d, positions=["first_answer"], progress=False)
+    ...     probes = probes_from_store(store, [1], "first_answer", expect_model=model_info(model))
+    >>> probe, direction = probes[1]
+    >>> probe.hook, probe.metadata["n_train"], direction.hook, direction.source
+    ('blocks.1.hook_resid_post', 12, 'blocks.1.hook_resid_post', 'logistic')
     """
     if position not in store.positions:
         raise ValueError(

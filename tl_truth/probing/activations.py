@@ -8,6 +8,9 @@ labels and splits, so a probe can refuse activations it was not trained on.
 
 Resuming: shards are written to a temporary file and renamed, so a killed run never leaves a
 corrupt shard; re-running the same capture keeps the finished shards and does the rest.
+
+The store itself (reading it back) is `tl_truth.probing.activation_store.ActivationStore`,
+re-exported here.
 """
 
 from __future__ import annotations
@@ -15,30 +18,44 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Int
-from safetensors.torch import load_file, save_file
+from jaxtyping import Float, Int
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_truth.answers.positions import NAMED_POSITIONS, PositionFn, resolve_positions
-from tl_truth.models import ModelInfo, hook_name, model_device, model_info
+from tl_truth.models import hook_name, model_device, model_info
+from tl_truth.probing.activation_store import META_FILE, STORE_VERSION, ActivationStore, _layer_of
 
-META_FILE = "meta.json"
-STORE_VERSION = 1
+__all__ = [
+    "META_FILE",
+    "STORE_VERSION",
+    "ActivationStore",
+    "capture",
+    "capture_batch",
+    "default_hooks",
+]
 
 
 def default_hooks(model: Any, kind: str = "resid_post") -> list[str]:
+    """One hook per layer: `blocks.{l}.hook_{kind}` for every block of the model.
+
+    Args:
+        model: a TransformerLens model (only `model.cfg.n_layers` is read).
+        kind: a hook kind of `tl_truth.models.HOOK_KINDS`.
+
+    Returns:
+        The hook names, layer 0 first.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> default_hooks(tiny_model("llama"))
+    ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post']
+    """
     return [hook_name(kind, layer) for layer in range(model.cfg.n_layers)]
-
-
-def _layer_of(hook: str) -> int:
-    parts = hook.split(".")
-    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" else -1
 
 
 @torch.no_grad()
@@ -48,7 +65,27 @@ def capture_batch(
     positions: Int[Tensor, "batch n_positions"],
     hooks: Sequence[str],
 ) -> Float[Tensor, "batch n_hooks n_positions d_model"]:
-    """One right-padded forward pass; each hook keeps only `positions` (-1 = absent -> zeros)."""
+    """One right-padded forward pass; each hook keeps only `positions` (-1 = absent -> zeros).
+
+    The forward stops after the deepest requested block, and no activation cache is held.
+
+    Args:
+        model: a TransformerLens model.
+        sequences: token ids of each example (prompt + answer), of any lengths.
+        positions: [batch, n_positions] full-sequence indices (`resolve_positions`), -1 where
+            an example lacks the position.
+        hooks: hook point names.
+
+    Returns:
+        [batch, n_hooks, n_positions, d_model] float32 activations on the CPU.
+
+    >>> import torch
+    >>> from tl_truth.testing import tiny_model
+    >>> acts = capture_batch(tiny_model("llama"), [[1, 5, 9], [1, 7]],
+    ...                      torch.tensor([[2, 0], [1, -1]]), ["blocks.0.hook_resid_post"])
+    >>> acts.shape, bool(acts[1, 0, 1].eq(0).all())
+    (torch.Size([2, 1, 2, 32]), True)
+    """
     batch = len(sequences)
     width = max(len(s) for s in sequences)
     device = model_device(model)
@@ -83,111 +120,6 @@ def capture_batch(
     return out
 
 
-@dataclass
-class ActivationStore:
-    """An on-disk activation store: `meta.json` + `shard_*.safetensors`.
-
-    Each shard holds `acts` [n, n_hooks, n_positions, d_model], `valid` [n, n_positions] and
-    `rows` [n] (indices into the example list of the metadata).
-    """
-
-    path: Path
-    meta: dict
-
-    @classmethod
-    def open(cls, path: str | Path) -> ActivationStore:
-        path = Path(path)
-        meta_path = path / META_FILE
-        if not meta_path.exists():
-            raise FileNotFoundError(f"no activation store at {path} (missing {META_FILE})")
-        return cls(path, json.loads(meta_path.read_text()))
-
-    # -- description ------------------------------------------------------------------------
-    @property
-    def hooks(self) -> list[str]:
-        return self.meta["hooks"]
-
-    @property
-    def positions(self) -> list[str]:
-        return self.meta["positions"]
-
-    @property
-    def layers(self) -> list[int]:
-        return [_layer_of(h) for h in self.hooks]
-
-    @property
-    def model(self) -> ModelInfo:
-        return ModelInfo(**self.meta["model"])
-
-    @property
-    def examples(self) -> list[dict]:
-        return self.meta["examples"]
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    @property
-    def labels(self) -> Int[Tensor, " n"]:
-        return torch.tensor([int(e["correct"]) for e in self.examples])
-
-    def split_mask(self, split: str) -> Bool[Tensor, " n"]:
-        return torch.tensor([e["split"] == split for e in self.examples])
-
-    def shard_files(self) -> list[Path]:
-        return [self.path / s["file"] for s in self.meta["shards"]]
-
-    def is_complete(self) -> bool:
-        return all(f.exists() for f in self.shard_files())
-
-    # -- reading ----------------------------------------------------------------------------
-    def load(
-        self, hooks: Sequence[str] | None = None, positions: Sequence[str] | None = None
-    ) -> tuple[Float[Tensor, "n n_hooks n_positions d_model"], Bool[Tensor, "n n_positions"]]:
-        """All examples' activations (float32) for the chosen hooks/positions, and validity."""
-        if not self.is_complete():
-            missing = [f.name for f in self.shard_files() if not f.exists()]
-            raise RuntimeError(f"activation store {self.path} is incomplete: missing {missing}")
-        h_idx = [self.hooks.index(h) for h in (hooks or self.hooks)]
-        p_idx = [self.positions.index(p) for p in (positions or self.positions)]
-        n, d = len(self), self.meta["d_model"]
-        acts = torch.zeros((n, len(h_idx), len(p_idx), d))
-        valid = torch.zeros((n, len(p_idx)), dtype=torch.bool)
-        for f in self.shard_files():
-            shard = load_file(str(f))
-            rows = shard["rows"]
-            acts[rows] = shard["acts"][:, h_idx][:, :, p_idx].float()
-            valid[rows] = shard["valid"][:, p_idx]
-        return acts, valid
-
-    def cell(
-        self, hook: str, position: str
-    ) -> tuple[Float[Tensor, "m d_model"], Int[Tensor, " m"]]:
-        """Activations of the examples that have this position, and their row indices."""
-        acts, valid = self.load([hook], [position])
-        rows = torch.nonzero(valid[:, 0]).squeeze(1)
-        return acts[rows, 0, 0], rows
-
-    def cell_by_key(
-        self, hook: str, position: str, keys: Sequence[tuple[str, str]]
-    ) -> tuple[Float[Tensor, "k d_model"], list[bool]]:
-        """One row per (task, id) key: that question's greedy answer (sample 0) at this cell,
-        zeros where it has no such answer or position (`available` says which)."""
-        if hook not in self.hooks or position not in self.positions:
-            raise ValueError(f"{hook} / {position} was not captured in {self.path}")
-        x, rows = self.cell(hook, position)
-        where = {}
-        for i, r in enumerate(rows.tolist()):
-            e = self.examples[r]
-            if e.get("sample_index", 0) == 0:
-                where[(e["task"], e["id"])] = i
-        X = torch.zeros(len(keys), x.shape[1])
-        available = [k in where for k in keys]
-        for i, k in enumerate(keys):
-            if k in where:
-                X[i] = x[where[k]]
-        return X, available
-
-
 def _positions_label(p: str | PositionFn) -> str:
     return p if isinstance(p, str) else getattr(p, "__name__", repr(p))
 
@@ -203,7 +135,41 @@ def capture(
     dtype: torch.dtype = torch.float16,
     progress: bool = True,
 ) -> ActivationStore:
-    """Capture activations for generation records into an on-disk store (resumable)."""
+    """Capture activations for generation records into an on-disk store (resumable).
+
+    Shards are written atomically; re-running the same capture into the same directory keeps the
+    finished shards and does the rest. A directory holding a different store is refused.
+
+    Args:
+        model: a TransformerLens model (its `model_info` is saved with the store).
+        records: generation records (`AnswerRun.records` or dicts) with id, task, split,
+            correct, prompt_token_ids and answer_token_ids (and exact_answer_token_span for
+            the exact-answer positions).
+        out_dir: the store's directory (created).
+        hooks: hook names (default `default_hooks(model)`: resid_post of every layer).
+        positions: position names (`tl_truth.answers.positions.NAMED_POSITIONS`) or callables
+            `record -> index | None`.
+        batch_size: examples per forward pass.
+        shard_size: examples per shard file.
+        dtype: storage dtype (float16 by default; `load` returns float32).
+        progress: show a progress bar.
+
+    Returns:
+        The `ActivationStore` (see its example).
+
+    Raises:
+        ValueError: no records, or `out_dir` holds a different store.
+
+    >>> import tempfile
+    >>> from tl_truth.testing import tiny_model
+    >>> records = [{"id": "q1", "task": "demo", "split": "train", "correct": True,
+    ...             "prompt_token_ids": [1, 20, 30], "answer_token_ids": [50, 60]}]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     store = capture(tiny_model("llama"), records, d, progress=False)
+    ...     acts, valid = store.load()
+    >>> acts.shape[:3], store.positions[:2], bool(valid[0, 1]), bool(valid[0, 3])
+    (torch.Size([1, 2, 15]), ['last_prompt', 'first_answer'], True, False)
+    """
     hooks = list(hooks or default_hooks(model))
     names = [_positions_label(p) for p in positions]
     if not records:

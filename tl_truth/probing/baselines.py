@@ -51,6 +51,23 @@ def logit_scores(records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
     `logits_*` aggregate over the whole answer, `logits_*_exact` over the exact-answer tokens
     (`exact_answer_token_span`, in full-sequence coordinates). NaN where the answer is empty or
     there is no exact answer.
+
+    Args:
+        records: generation records with `token_logprobs` (one per answer token),
+            `answer_token_ids`, `prompt_token_ids` and optionally `exact_answer_token_span`.
+
+    Returns:
+        One array of n scores per name in `LOGIT_SCORES` (higher = more confident).
+
+    Raises:
+        ValueError: the log-probs do not match the answer, or the span lies outside it.
+
+    >>> rec = {"prompt_token_ids": [1, 2], "answer_token_ids": [3, 4, 5],
+    ...        "token_logprobs": [np.log(0.5), np.log(0.9), np.log(0.1)],
+    ...        "exact_answer_token_span": [3, 4]}
+    >>> s = logit_scores([rec])
+    >>> round(float(s["logits_min"][0]), 3), round(float(s["logits_mean_exact"][0]), 3)
+    (0.1, 0.9)
     """
     out = {k: np.full(len(records), np.nan) for k in LOGIT_SCORES}
     for i, r in enumerate(records):
@@ -87,6 +104,18 @@ def p_true_prompts(question: str, answer: str, true_first: bool) -> tuple[str, s
 
     A base model reads `body + "\\n" + prefix`; an instruct model gets `body` as the user message
     and `prefix` as the start of its own turn.
+
+    Args:
+        question: the question.
+        answer: the model's answer to judge.
+        true_first: whether option (A) is "True".
+
+    Returns:
+        `(body, prefix)`; the prefix ends in "(" so the next token is the chosen letter.
+
+    >>> body, prefix = p_true_prompts("Capital of France?", "Paris", true_first=False)
+    >>> body.splitlines()[-2:], prefix
+    ([' (A) False', ' (B) True'], 'The proposed answer is: (')
     """
     first, second = ("True", "False") if true_first else ("False", "True")
     body = (
@@ -99,7 +128,25 @@ def p_true_prompts(question: str, answer: str, true_first: bool) -> tuple[str, s
 def render_p_true_prompt(
     tokenizer: Any, fmt: PromptFormat, question: str, answer: str, true_first: bool
 ) -> str:
-    """The exact text the model reads: chat template + assistant prefix, or the plain text."""
+    """The exact text the model reads: chat template + assistant prefix, or the plain text.
+
+    Args:
+        tokenizer: the model's tokenizer (for the chat template).
+        fmt: the prompt format (`tl_truth.answers.prompts.default_format(model)`).
+        question: the question.
+        answer: the answer to judge.
+        true_first: whether option (A) is "True".
+
+    Returns:
+        The prompt text, ending in the assistant prefix.
+
+    >>> from tl_truth.answers.prompts import default_format
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> text = render_p_true_prompt(model.tokenizer, default_format(model), "2 + 2?", "4", True)
+    >>> text.startswith("Question: 2 + 2?"), text.endswith("The proposed answer is: (")
+    (True, True)
+    """
     body, prefix = p_true_prompts(question, answer, true_first)
     if fmt.kind == "chat":
         return fmt.render(tokenizer, body) + prefix
@@ -107,7 +154,22 @@ def render_p_true_prompt(
 
 
 def letter_token_ids(tokenizer: Any) -> tuple[int, int]:
-    """Token ids of "A" and "B" as they follow "("; each must be a single token."""
+    """Token ids of "A" and "B" as they follow "("; each must be a single token.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+
+    Returns:
+        `(id_of_A, id_of_B)`.
+
+    Raises:
+        ValueError: a letter is several tokens, or both map to the same id.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> a, b = letter_token_ids(tiny_model("llama").tokenizer)
+    >>> a != b
+    True
+    """
     ids = []
     for letter in ("A", "B"):
         enc = tokenizer.encode(letter, add_special_tokens=False)
@@ -124,7 +186,21 @@ def letter_token_ids(tokenizer: Any) -> tuple[int, int]:
 
 @torch.no_grad()
 def last_token_logits(model: Any, prompts: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
-    """Next-token logits [batch, vocab] after each prompt, from one left-padded masked forward."""
+    """Next-token logits [batch, vocab] after each prompt, from one left-padded masked forward.
+
+    Args:
+        model: a TransformerLens model.
+        prompts: token ids of each prompt (any lengths).
+        pad_id: the padding token id.
+
+    Returns:
+        [batch, d_vocab] float32 logits on the CPU.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> last_token_logits(model, [[1, 5, 9], [1, 7]], pad_id=0).shape[0]
+    2
+    """
     batch = len(prompts)
     width = max(len(p) for p in prompts)
     tokens = torch.full((batch, width), pad_id, dtype=torch.long)
@@ -156,6 +232,23 @@ def p_true_scores(
 
     Each record is judged in both option orders ((A) True / (B) False and the swap); the score is
     the mean of the two p(True), each a softmax over the "A" and "B" tokens only.
+
+    Args:
+        model: a TransformerLens model; "A" and "B" must be single tokens.
+        records: dicts with `question` and `answer` (the model's answer to judge).
+        batch_size: prompts per forward pass.
+        progress: show a progress bar.
+        fmt: the prompt format (default `default_format(model)`: chat template if it has one).
+
+    Returns:
+        [n] scores in (0, 1), higher = the model thinks its answer is more likely true.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> records = [{"question": "2 + 2?", "answer": "4"}, {"question": "Capital of Peru?",
+    ...                                                    "answer": "Lima"}]
+    >>> s = p_true_scores(tiny_model("llama"), records, progress=False)
+    >>> s.shape, bool(((s > 0) & (s < 1)).all())
+    ((2,), True)
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -194,6 +287,22 @@ def evaluate_baselines(
 
     NaN scores are left out of that baseline only; `n` is how many rows it was scored on. AUC and
     CI are NaN when those rows hold a single class.
+
+    Args:
+        scores: name -> [n] scores (e.g. `logit_scores(records)` plus "p_true"), higher =
+            more confident the answer is correct.
+        labels: [n] correctness (True / 1 = correct).
+        test_mask: [n] rows to evaluate on (default all).
+        n_boot: bootstrap resamples for the CI.
+        seed: seeds the bootstrap.
+
+    Returns:
+        name -> `{"auc": float, "ci": [low, high], "n": rows used}`.
+
+    >>> out = evaluate_baselines({"conf": np.array([0.9, 0.2, 0.8, np.nan, 0.3])},
+    ...                          [1, 0, 1, 1, 0], n_boot=100)
+    >>> out["conf"]["auc"], out["conf"]["n"]
+    (1.0, 4)
     """
     labels = np.asarray(labels).astype(bool)
     mask = np.ones(len(labels), bool) if test_mask is None else np.asarray(test_mask, bool)

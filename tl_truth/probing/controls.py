@@ -46,6 +46,12 @@ def normalise_answer(text: str | None) -> str | None:
 
     SQuAD-style: accents and case folded, punctuation and articles dropped.
 
+    Args:
+        text: an exact answer, or None.
+
+    Returns:
+        The normalised key, or None for a missing or empty answer.
+
     >>> normalise_answer("The U.S.A.") == normalise_answer("usa")
     True
     """
@@ -67,6 +73,15 @@ def answer_prior(
     correct, and p0 is the train accuracy: an answer seen once moves halfway from p0. An
     answer never seen in train (or None) gets p0.
 
+    Args:
+        train_answers: the train examples' normalised exact answers (None: no answer).
+        train_labels: their labels, 1 = correct.
+        answers: the answers to score.
+        smoothing: pseudo-counts pulling toward p0.
+
+    Returns:
+        One prior per answer.
+
     >>> answer_prior(["paris", "paris", "lyon"], [1, 1, 0], ["paris", "lyon", "rome", None])
     array([0.88888889, 0.33333333, 0.66666667, 0.66666667])
     """
@@ -87,6 +102,14 @@ def task_prior(
     train_tasks: Sequence[str], train_labels: Sequence[int], tasks: Sequence[str]
 ) -> np.ndarray:
     """The train accuracy of each example's task (the overall train accuracy if unseen).
+
+    Args:
+        train_tasks: the train examples' tasks.
+        train_labels: their labels, 1 = correct.
+        tasks: the tasks to score.
+
+    Returns:
+        One accuracy per task in `tasks`.
 
     >>> task_prior(["a", "a", "b"], [1, 0, 0], ["a", "b", "c"])
     array([0.5       , 0.        , 0.33333333])
@@ -173,6 +196,17 @@ def artefact_controls(
 
     Returns:
         `{"controls": {...}, "beyond_artefacts": {...}, "per_task": {...}}` as in report.json.
+
+    Every answer below is right half the time, so the answer lookup is at chance and the
+    probe's advantage survives within answers:
+
+    >>> y = np.arange(20) % 2
+    >>> out = artefact_controls(y, np.arange(20) < 12, np.arange(20) >= 12, ["a", "a", "b", "b"] * 5,
+    ...                         ["t"] * 20, {"probe": y + np.linspace(0, 0.5, 20)}, "probe", n_boot=0)
+    >>> out["controls"]["answer_prior"]["auc"], out["controls"]["within_answer"]["auc"]["probe"]
+    (0.5, 1.0)
+    >>> out["beyond_artefacts"]["against"], out["beyond_artefacts"]["auc_diff"]
+    ('answer_prior', 0.5)
     """
     y = np.asarray(labels, dtype=int)
     train, ev = np.asarray(train, dtype=bool), np.asarray(evaluate, dtype=bool)

@@ -219,7 +219,61 @@ def fit_probe_grid(
     The control is ~0.5 when the probe's AUC comes from the labels; but where one direction
     dominates the variance and also separates the classes, a label-free (strongly regularised)
     probe aligns with it with a random sign, so read the control as |AUC - 0.5| there.
-    `chunk_cells` bounds memory: about chunk_cells * n_train * (d + 3 * n_train) float64s.
+
+    Args:
+        X: an `ActivationStore`, or [n, n_hooks, n_positions, d] activations.
+        y: [n] labels, 1 = the answer is correct (from the store if X is one).
+        train: [n] bool mask of the training examples (default: the store's "train" split).
+        test: [n] bool mask of the test examples, disjoint from `train`.
+        hooks: the hook name of each row (with a store: a subset of its hooks, default all).
+        positions: the position name of each column (likewise).
+        valid: [n, n_positions] which examples have each position (default all; from the store).
+        kind: "logistic" (C chosen by CV) or "mean_diff".
+        Cs: the L2 strengths (scikit-learn's C) to choose from.
+        cv: CV folds.
+        n_boot: bootstrap resamples for the CIs (0: no CIs).
+        seed: seeds folds, the shuffled control and the bootstrap.
+        shuffled_control: also fit the shuffled-label control.
+        model: the activations' `ModelInfo` (from the store if X is one), kept in the probes.
+        progress: show a progress bar.
+        chunk_cells: cells per batched solve; bounds memory at about
+            chunk_cells * n_train * (d + 3 * n_train) float64s.
+        tol: L-BFGS tolerance.
+        max_iter: L-BFGS iterations (a warning counts the cells that did not converge).
+
+    Returns:
+        A `ProbeGrid` with the metrics of every cell and its probes' weights.
+
+    Raises:
+        ValueError: missing or inconsistent inputs (shapes, labels, overlapping splits, a `d`
+            that is not the model's d_model, an unknown kind).
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> y = torch.arange(80) % 2
+    >>> X = torch.randn(80, 2, 3, 8, generator=g)  # [n, hooks, positions, d]
+    >>> X[:, 1, 2, 0] += 2.5 * y  # only blocks.1 at position "c" knows the label
+    >>> train = torch.arange(80) < 56
+    >>> grid = fit_probe_grid(X, y, train, ~train, ["blocks.0.hook_resid_post",
+    ...                       "blocks.1.hook_resid_post"], ["a", "b", "c"], n_boot=50,
+    ...                       progress=False)
+    >>> grid.auc.shape, bool(grid.auc[1, 2] > 0.9), bool(abs(grid.auc[0, 0] - 0.5) < 0.3)
+    ((2, 3), True, True)
+
+    From a store (the tiny random model: the labels below are arbitrary, so only shapes mean
+    anything):
+
+    >>> import tempfile
+    >>> from tl_truth.probing import capture
+    >>> from tl_truth.testing import tiny_model
+    >>> records = [{"id": str(i), "task": "demo", "split": "train" if i < 12 else "test",
+    ...             "correct": i % 2 == 0, "prompt_token_ids": [1, 20 + i, 30, 40],
+    ...             "answer_token_ids": [50 + i, 60]} for i in range(16)]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     store = capture(tiny_model("llama"), records, d,
+    ...                     positions=["last_prompt", "first_answer"], progress=False)
+    ...     grid = fit_probe_grid(store, n_boot=0, progress=False)
+    >>> grid.hooks, grid.positions, grid.n_train.tolist(), grid.model["name"]
+    (['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'], ['last_prompt', 'first_answer'], [[12, 12], [12, 12]], 'tiny-llama')
     """
     from tl_truth.probing.activations import ActivationStore  # (it does not import this module)
 

@@ -3,7 +3,8 @@
 Fitting the grid (`tl_truth.probing.grid`) is batched numerics; reading it is what a notebook
 does most: pick the best cell, pull out one cell's `Probe`, plot the AUC heatmap, save or load
 the metrics. That reading side lives here, apart from the solver plumbing, so the class can be
-read (and its docstrings tried) on its own.
+read (and its docstrings tried) on its own; its table, heatmap and markdown methods are in
+`tl_truth.probing.grid_views`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tl_truth.probing.grid_views import ProbeGridViews
 from tl_truth.probing.probe import Probe, _layer_of
 from tl_truth.probing.solver import LABEL_MEANING, ProbeKind
 from tl_truth.results import Result, json_safe
@@ -41,16 +43,60 @@ _METRICS = (
 
 
 @dataclass(eq=False)
-class ProbeGrid(Result):
+class ProbeGrid(ProbeGridViews, Result):
     """Test metrics and fitted probes for every (hook, position) cell; arrays are [H, P].
 
     `auc`, `auc_ci_*`, `auc_shuffled`, `C` and `weight` are for the grid's `kind` of probe;
     `auc_mean_diff` and `md_*` are always the mean-diff probe's. Unfittable cells are nan.
+    Made by `fit_probe_grid`; read it with `best()`, `probe(hook, position)`, `plot()`,
+    `to_dataframe()`.
 
     The result protocol (`tl_truth.results.Result`): `save(dir)` writes the metrics
     (`probe_grid.json`, `.md`, `.png`), not the probes' weights (save a probe with
     `grid.probe(hook, position).save(path)`); a grid from `ProbeGrid.load(dir)` has
     `has_weights == False`.
+
+    Args:
+        hooks: the H hook names (rows).
+        positions: the P position names (columns).
+        layers: the layer of each hook (from "blocks.{layer}."; None for other hooks).
+        kind: "logistic" or "mean_diff", the grid's probe.
+        auc, auc_ci_low, auc_ci_high: test ROC AUC and its bootstrap 95% CI.
+        auc_shuffled: test AUC of the shuffled-label control (about 0.5 when the AUC is real).
+        auc_mean_diff, md_ci_low, md_ci_high: the same for the mean-diff probe.
+        n_train, n_test: examples valid at the cell's position in each split.
+        C: the chosen C (nan for mean_diff grids and unfitted cells).
+        cv_auc: train CV AUC at the chosen C: select cells with this, not with test AUC.
+        cv_auc_per_c: [H, P, n_Cs] mean fold AUC of each C.
+        fitted: bool, the grid's kind of probe exists for this cell.
+        md_fitted: bool, the mean-diff probe exists.
+        weight, bias, mean, scale: [H, P, d] / [H, P] tensors of the grid's probes.
+        md_weight, md_bias: the mean-diff probes.
+        model: `ModelInfo.to_dict()` of the activations' model, if known.
+        metadata: the fitting options (Cs, cv, seed, n_boot, ...).
+
+    >>> import tempfile
+    >>> from matplotlib.figure import Figure
+    >>> from tl_truth.probing import fit_probe_grid
+    >>> g = torch.Generator().manual_seed(0)
+    >>> y = torch.arange(80) % 2
+    >>> X = torch.randn(80, 2, 3, 8, generator=g)  # [n, hooks, positions, d]
+    >>> X[:, 1, 2, 0] += 2.5 * y  # only blocks.1 at position "c" knows the label
+    >>> train = torch.arange(80) < 56
+    >>> grid = fit_probe_grid(X, y, train, ~train, ["blocks.0.hook_resid_post",
+    ...                       "blocks.1.hook_resid_post"], ["a", "b", "c"], n_boot=50,
+    ...                       progress=False)
+    >>> grid.auc.shape, grid.best()["layer"], grid.best()["position"]
+    ((2, 3), 1, 'c')
+    >>> probe = grid.probe("blocks.1.hook_resid_post", "c")
+    >>> probe.kind, probe.d_model
+    ('logistic', 8)
+    >>> grid.plot(ax=Figure().add_subplot()).get_title()
+    'test ROC AUC (logistic)'
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     back = ProbeGrid.load(grid.save(d))
+    >>> back.has_weights, back.best()["position"]
+    (False, 'c')
     """
 
     hooks: list[str]
@@ -89,7 +135,16 @@ class ProbeGrid(Result):
         return self.weight.ndim == 3 and self.weight.shape[-1] > 0
 
     def to_dict(self) -> dict:
-        """Hooks, positions and every metric array as nested lists (no weights)."""
+        """Hooks, positions and every metric array as nested lists (no weights).
+
+        Returns:
+            A JSON-ready dict (nan stays nan here; `to_json` writes it as null).
+
+        >>> grid = ProbeGrid.from_dict({"hooks": ["blocks.0.hook_resid_post"], "positions": ["a"],
+        ...                             "auc": [[0.75]]})
+        >>> grid.to_dict()["auc"], grid.to_dict()["layers"]
+        ([[0.75]], [0])
+        """
         return {
             "hooks": self.hooks,
             "layers": self.layers,
@@ -101,13 +156,35 @@ class ProbeGrid(Result):
         }
 
     def to_json(self) -> dict:
+        """`to_dict()` rounded for `probe_grid.json`; the chosen C values keep full precision.
+
+        Returns:
+            The JSON document (nan -> null).
+
+        >>> grid = ProbeGrid.from_dict({"hooks": ["h"], "positions": ["a"], "C": [[1e-5]]})
+        >>> grid.to_json()["C"], grid.to_json()["auc"]
+        ([[1e-05]], [[None]])
+        """
         d = super().to_json()
         d["C"] = json_safe(np.asarray(self.C).tolist(), None)  # a C of 1e-5 must survive
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ProbeGrid:
-        """A grid with the metrics in `d` (missing ones nan / False) and no weights."""
+        """A grid with the metrics in `d` (missing ones nan / False) and no weights.
+
+        Args:
+            d: a `to_dict()` / `probe_grid.json` document; only "hooks" and "positions" are
+                required.
+
+        Returns:
+            A `ProbeGrid` with `has_weights == False`.
+
+        >>> grid = ProbeGrid.from_dict({"hooks": ["blocks.0.hook_resid_post"], "positions": ["a", "b"],
+        ...                             "auc": [[0.5, 0.8]]})
+        >>> grid.layers, grid.has_weights, bool(np.isnan(grid.auc_shuffled).all())
+        ([0], False, True)
+        """
         H, P = len(d["hooks"]), len(d["positions"])
 
         def arr(key: str, dtype: Any = float, shape: tuple = (H, P)) -> np.ndarray:
@@ -156,7 +233,30 @@ class ProbeGrid(Result):
         return self.hooks.index(hook), self.positions.index(position)
 
     def probe(self, hook: str, position: str, kind: ProbeKind | None = None) -> Probe:
-        """The fitted probe of one cell, ready to apply or save."""
+        """The fitted probe of one cell, ready to apply or save.
+
+        Args:
+            hook: one of `self.hooks`.
+            position: one of `self.positions`.
+            kind: "logistic" or "mean_diff" (default the grid's kind; a mean-diff probe exists in
+                every grid).
+
+        Returns:
+            A `Probe` with the cell's hook, layer, position, model and test AUC (in `metadata`).
+
+        Raises:
+            KeyError: an unknown hook or position.
+            ValueError: a grid without weights (read from JSON), a logistic probe from a mean_diff
+                grid, or a cell with too few examples.
+
+        See the class example; a grid read back from JSON has no probes:
+
+        >>> grid = ProbeGrid.from_dict({"hooks": ["h"], "positions": ["a"]})
+        >>> grid.probe("h", "a")
+        Traceback (most recent call last):
+        ...
+        ValueError: this grid was read back from JSON and holds no weights: load a saved probe with Probe.load instead
+        """
         kind = kind or self.kind
         h, p = self._cell(hook, position)
         if not self.has_weights:
@@ -191,28 +291,6 @@ class ProbeGrid(Result):
         w, b = self.weight[h, p].clone(), float(self.bias[h, p])
         return Probe("logistic", w, b, C=float(self.C[h, p]), metadata=meta, **common)
 
-    def to_dataframe(self):
-        """Long format, one row per cell."""
-        import pandas as pd
-
-        H, P = self.auc.shape
-        hh, pp = (a.ravel() for a in np.meshgrid(np.arange(H), np.arange(P), indexing="ij"))
-        return pd.DataFrame(
-            {
-                "hook": [self.hooks[i] for i in hh],
-                "layer": [self.layers[i] for i in hh],
-                "position": [self.positions[j] for j in pp],
-                "auc": self.auc.ravel(),
-                "ci_low": self.auc_ci_low.ravel(),
-                "ci_high": self.auc_ci_high.ravel(),
-                "auc_shuffled": self.auc_shuffled.ravel(),
-                "auc_mean_diff": self.auc_mean_diff.ravel(),
-                "n_train": self.n_train.ravel(),
-                "n_test": self.n_test.ravel(),
-                "C": self.C.ravel(),
-            }
-        )
-
     def _values(self, kind: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(AUC, CI low, CI high) for "auc"/the grid's kind, "mean_diff" or "shuffled"."""
         if kind in ("auc", self.kind):
@@ -231,7 +309,26 @@ class ProbeGrid(Result):
         `by="cv"` (default) chooses by the train cross-validation AUC, so the reported test AUC
         is an honest estimate; `by="test"` picks the highest test AUC, which is optimistic.
         Mean-difference probes have no CV score and are always chosen by test AUC.
-        `positions` restricts the choice to some positions.
+
+        Args:
+            kind: "auc" / the grid's kind (default), "mean_diff" or "shuffled".
+            by: "cv" or "test".
+            positions: restrict the choice to these positions.
+
+        Returns:
+            `{"hook", "layer", "position", "auc", "ci": (low, high) or None, "selected_by"}`.
+
+        Raises:
+            ValueError: no cell has a score, or a bad `kind` / `by`.
+
+        >>> grid = ProbeGrid.from_dict({"hooks": ["blocks.0.hook_resid_post",
+        ...                                       "blocks.1.hook_resid_post"], "positions": ["a", "b"],
+        ...                             "auc": [[0.5, 0.9], [0.8, 0.7]], "cv_auc": [[0.5, 0.6],
+        ...                                                                      [0.8, 0.7]]})
+        >>> grid.best()["layer"], grid.best()["auc"], grid.best(by="test")["auc"]
+        (1, 0.8, 0.9)
+        >>> grid.best(by="test", positions=["a"])["selected_by"]
+        'test_auc'
         """
         kind = kind or self.kind
         values, lo, hi = self._values(kind)
@@ -257,56 +354,3 @@ class ProbeGrid(Result):
             "ci": None if lo is None else (float(lo[h, p]), float(hi[h, p])),
             "selected_by": "train_cv_auc" if key is not values else "test_auc",
         }
-
-    @property
-    def figsize(self) -> tuple[float, float]:
-        return (1.5 + 0.45 * len(self.positions), 1.5 + 0.22 * len(self.hooks))
-
-    def plot(self, ax: Any = None, kind: str = "auc", cmap: str = "viridis"):
-        """Heatmap of test AUC, layers (rows) x positions (columns), with a colorbar.
-
-        Returns the matplotlib Axes (its `.figure` is the figure). Only without `ax` is a
-        (pyplot) figure created; a given `ax` is drawn on, pyplot is not touched.
-        """
-        values = self._values(kind)[0]
-        if ax is None:
-            import matplotlib.pyplot as plt
-
-            _, ax = plt.subplots(figsize=self.figsize)
-        im = ax.imshow(values, aspect="auto", origin="lower", cmap=cmap, vmin=0.5, vmax=1.0)
-        ax.set_yticks(range(len(self.hooks)), self._row_labels())
-        ax.set_xticks(range(len(self.positions)), self.positions, rotation=60, ha="right")
-        ax.set_ylabel("layer" if None not in self.layers else "hook")
-        ax.set_xlabel("position")
-        ax.set_title(f"test ROC AUC ({self.kind if kind == 'auc' else kind})")
-        ax.figure.colorbar(im, ax=ax, label="ROC AUC")
-        return ax
-
-    def _row_labels(self) -> list[str]:
-        return [h if la is None else str(la) for la, h in zip(self.layers, self.hooks, strict=True)]
-
-    def title(self) -> str:
-        return f"Probe grid: test ROC AUC ({self.kind})"
-
-    def markdown_frame(self):
-        """Test AUC, hooks (rows) x positions (columns)."""
-        import pandas as pd
-
-        df = self.to_dataframe()
-        auc = df.set_index(["hook", "position"])["auc"]
-        out = pd.DataFrame({"layer" if None not in self.layers else "hook": self._row_labels()})
-        for p in self.positions:
-            out[p] = [auc[(h, p)] for h in self.hooks]
-        return out
-
-    def markdown_notes(self) -> str:
-        by = "cv" if np.isfinite(np.asarray(self.cv_auc, dtype=float)).any() else "test"
-        try:
-            b = self.best(by=by)
-        except ValueError:
-            return "No cell has a score (too few examples everywhere).\n"
-        ci = "" if b["ci"] is None else f" [{b['ci'][0]:.3f}, {b['ci'][1]:.3f}]"
-        return (
-            f"Best cell ({b['selected_by']}): {b['hook']} / {b['position']}, "
-            f"test AUC {b['auc']:.3f}{ci}.\n"
-        )

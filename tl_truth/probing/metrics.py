@@ -42,7 +42,22 @@ def batched_roc_auc(
     labels: Bool[Tensor, "*batch n"],
     mask: Bool[Tensor, "*batch n"] | None = None,
 ) -> Float[Tensor, " *batch"]:
-    """ROC AUC along the last axis, only over `mask`ed entries; nan where a class is missing."""
+    """ROC AUC along the last axis, only over `mask`ed entries; nan where a class is missing.
+
+    Rank based (ties get average ranks), so it equals `sklearn.metrics.roc_auc_score` per row.
+
+    Args:
+        scores: [..., n] scores, higher = more likely label 1.
+        labels: [..., n] bool labels (broadcast against `scores`).
+        mask: [..., n] entries to use (default all).
+
+    Returns:
+        [...] float64 AUCs.
+
+    >>> s = torch.tensor([[0.1, 0.4, 0.35, 0.8], [1.0, 2.0, 3.0, 4.0]])
+    >>> batched_roc_auc(s, torch.tensor([False, False, True, True])).tolist()
+    [0.75, 1.0]
+    """
     mask = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.bool()
     scores, labels, mask = torch.broadcast_tensors(scores, labels.bool(), mask)
     _, lo, hi = _tie_ranks(scores, mask)  # masked entries rank above every real score
@@ -59,7 +74,20 @@ def _as_1d(x: Any) -> Tensor:
 
 
 def roc_auc(scores: Any, labels: Any) -> float:
-    """ROC AUC of `scores` for binary `labels` (ties averaged); nan if only one class."""
+    """ROC AUC of `scores` for binary `labels` (ties averaged); nan if only one class.
+
+    Args:
+        scores: n scores (any array-like), higher = more likely label 1.
+        labels: n labels, 1 (or True) = positive.
+
+    Returns:
+        The AUC as a float.
+
+    >>> roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    0.75
+    >>> roc_auc([0.1, 0.2], [1, 1])
+    nan
+    """
     return float(batched_roc_auc(_as_1d(scores), _as_1d(labels) > 0.5))
 
 
@@ -118,7 +146,22 @@ def _ci(aucs: Float[Tensor, "n_boot ..."], alpha: float) -> tuple[Tensor, Tensor
 def bootstrap_auc_ci(
     scores: Any, labels: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> tuple[float, float]:
-    """Percentile bootstrap (1 - alpha) CI of the ROC AUC, resampling examples."""
+    """Percentile bootstrap (1 - alpha) CI of the ROC AUC, resampling examples.
+
+    Args:
+        scores: n scores.
+        labels: n binary labels.
+        n_boot: resamples.
+        seed: seeds the resampling (the caller's random state is untouched).
+        alpha: 0.05 for a 95% interval.
+
+    Returns:
+        `(low, high)`; resamples with a single class are left out.
+
+    >>> lo, hi = bootstrap_auc_ci([0.1, 0.4, 0.35, 0.8, 0.7, 0.2], [0, 0, 1, 1, 1, 0], n_boot=200)
+    >>> 0.0 <= lo <= roc_auc([0.1, 0.4, 0.35, 0.8, 0.7, 0.2], [0, 0, 1, 1, 1, 0]) <= hi <= 1.0
+    True
+    """
     s, y = _as_1d(scores), _as_1d(labels) > 0.5
     gen = torch.Generator().manual_seed(seed)
     aucs = _bootstrap_aucs(s[None, None], y[None], torch.tensor([len(s)]), n_boot, gen)
@@ -133,6 +176,17 @@ def paired_bootstrap_auc_diff(
 
     Each replicate resamples examples once and scores both methods on that resample, so the
     CI reflects the difference, not two independent uncertainties.
+
+    Args:
+        a: n scores of method A.
+        b: n scores of method B, for the same examples.
+        labels: n binary labels.
+        n_boot: resamples.
+        seed: seeds the resampling.
+        alpha: 0.05 for a 95% interval.
+
+    Returns:
+        `(difference, (low, high))`.
 
     >>> d, (lo, hi) = paired_bootstrap_auc_diff([0.1, 0.9, 0.8, 0.2], [0.9, 0.1, 0.8, 0.2],
     ...                                          [0, 1, 1, 0], n_boot=200)
@@ -163,9 +217,16 @@ def _expected_kept_quality(scores: np.ndarray, quality: np.ndarray) -> np.ndarra
 def rejection_curve(scores: Any, correct: Any) -> tuple[np.ndarray, np.ndarray]:
     """Coverage and accuracy when keeping only the most confident answers.
 
-    Returns `(coverage, accuracy)`, both of length n: keeping the m = 1..n answers with the
-    highest score, coverage m / n and their accuracy. Risk is 1 - accuracy (the risk-coverage
-    curve). Entries with a nan score are dropped.
+    Risk is 1 - accuracy (the risk-coverage curve). Entries with a nan score are dropped; ties
+    in the score are broken in expectation.
+
+    Args:
+        scores: n confidence scores, higher = more likely correct.
+        correct: n 0/1 correctness labels.
+
+    Returns:
+        `(coverage, accuracy)`, both of length n: keeping the m = 1..n answers with the
+        highest score, coverage m / n and their accuracy.
 
     >>> cov, acc = rejection_curve([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 1])
     >>> [round(float(v), 3) for v in acc]
@@ -183,6 +244,14 @@ def rejection_curve(scores: Any, correct: Any) -> tuple[np.ndarray, np.ndarray]:
 def accuracy_at_coverage(scores: Any, correct: Any, coverage: float = 0.8) -> float:
     """Accuracy of the ceil(coverage * n) most confident answers (nan if there are none).
 
+    Args:
+        scores: n confidence scores, higher = more likely correct.
+        correct: n 0/1 correctness labels.
+        coverage: the fraction of answers kept.
+
+    Returns:
+        The accuracy of the kept answers.
+
     >>> accuracy_at_coverage([0.9, 0.8, 0.1, 0.2, 0.7], [1, 1, 0, 0, 1], coverage=0.6)
     1.0
     """
@@ -199,9 +268,16 @@ def prediction_rejection_ratio(scores: Any, correct: Any) -> float:
     The area under the accuracy-vs-rejection curve (reject the least confident first, from 0
     to n - 1 rejected) for the score, minus that of a random order (the base accuracy at every
     rejection rate), divided by the same for the oracle (rejects every wrong answer first).
-    1 = oracle, 0 = random, < 0 worse than random; nan when all answers are right or all wrong.
     This is LM-Polygraph's `PredictionRejectionArea` ratio with a 0/1 quality, ties in the
     score broken in expectation.
+
+    Args:
+        scores: n confidence scores, higher = more likely correct (nan entries dropped).
+        correct: n 0/1 correctness labels.
+
+    Returns:
+        1 = oracle, 0 = random, < 0 worse than random; nan when all answers are right or all
+        wrong.
 
     >>> prediction_rejection_ratio([0.9, 0.8, 0.2, 0.1], [1, 1, 0, 0])
     1.0
@@ -222,8 +298,16 @@ def prediction_rejection_ratio(scores: Any, correct: Any) -> float:
 def within_group_auc(scores: Any, labels: Any, groups: Any) -> tuple[float, int, int]:
     """AUC over pairs (one positive, one negative) that share a group; ties count one half.
 
-    Returns `(auc, n_pairs, n_groups)`, n_groups counting groups with at least one pair. With
-    groups = normalised exact answers, answer identity cannot separate any pair.
+    With groups = normalised exact answers, answer identity cannot separate any pair.
+
+    Args:
+        scores: n scores (nan entries dropped).
+        labels: n binary labels.
+        groups: n hashable group keys.
+
+    Returns:
+        `(auc, n_pairs, n_groups)`, n_groups counting groups with at least one pair; the AUC is
+        nan when there is no pair.
 
     >>> within_group_auc([0.9, 0.1, 0.4, 0.6], [1, 0, 1, 0], ["a", "a", "b", "b"])
     (0.5, 2, 2)
@@ -251,7 +335,22 @@ def within_group_auc(scores: Any, labels: Any, groups: Any) -> tuple[float, int,
 def stratified_folds(
     y: Int[Tensor, " n"], mask: Bool[Tensor, " n"], k: int, seed: int = 0
 ) -> Int[Tensor, " n"]:
-    """Fold id in [0, k) for each masked example, -1 elsewhere; classes spread evenly."""
+    """Fold id in [0, k) for each masked example, -1 elsewhere; classes spread evenly.
+
+    Args:
+        y: [n] 0/1 labels.
+        mask: [n] the examples to assign.
+        k: number of folds.
+        seed: seeds the shuffle within each class.
+
+    Returns:
+        [n] int64 fold ids (-1 outside `mask`); a class with >= k members hits every fold.
+
+    >>> folds = stratified_folds(torch.tensor([0, 0, 0, 1, 1, 1, 1]),
+    ...                          torch.tensor([True] * 6 + [False]), k=3)
+    >>> folds[-1].item(), sorted(folds[:3].tolist()), sorted(folds[3:6].tolist())
+    (-1, [0, 1, 2], [0, 1, 2])
+    """
     gen = torch.Generator().manual_seed(seed)
     fold = torch.full((len(y),), -1, dtype=torch.long)
     order = []

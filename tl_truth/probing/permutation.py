@@ -37,8 +37,17 @@ from tl_truth.probing.solver import DEFAULT_CS, _fit_logistic, _reduce, _standar
 class PermutationNull:
     """The null distribution of the selected probe's test AUC.
 
-    null_aucs: the re-selected cell's test AUC under each permutation of the train labels.
-    observed:  the real pipeline's test AUC.
+    Args:
+        null_aucs: the re-selected cell's test AUC under each permutation of the train labels
+            (nan where no cell could be fitted).
+        observed: the real pipeline's test AUC.
+        rule: how the cell and C were chosen in each permutation (the full search, or C held
+            at each cell's real-label choice).
+        cells: the candidate (hook, position) names.
+
+    >>> null = PermutationNull(np.array([0.5, 0.6, 0.4, np.nan]), observed=0.55, rule="demo")
+    >>> null.n, round(null.null_mean, 3), null.p_value
+    (3, 0.5, 0.5)
     """
 
     null_aucs: np.ndarray
@@ -48,24 +57,36 @@ class PermutationNull:
 
     @property
     def n(self) -> int:
+        """How many permutations gave a score."""
         return int(np.isfinite(self.null_aucs).sum())
 
     @property
     def null_mean(self) -> float:
+        """The mean null AUC (nan without any)."""
         return float(np.nanmean(self.null_aucs)) if self.n else float("nan")
 
     @property
     def null_p95(self) -> float:
+        """The 95th percentile of the null AUCs (nan without any)."""
         return float(np.nanquantile(self.null_aucs, 0.95)) if self.n else float("nan")
 
     @property
     def p_value(self) -> float:
+        """`(1 + #{null >= observed}) / (1 + n)`: the permutation p-value of the observed AUC."""
         if not self.n or np.isnan(self.observed):
             return float("nan")
         null = self.null_aucs[np.isfinite(self.null_aucs)]
         return float((1 + (null >= self.observed - 1e-12).sum()) / (1 + len(null)))
 
     def to_dict(self) -> dict:
+        """The summary for report.json.
+
+        Returns:
+            n, observed, null_mean, null_p95, p_value, rule and n_candidate_cells.
+
+        >>> PermutationNull(np.array([0.5, 0.7]), observed=0.9, rule="demo").to_dict()["p_value"]
+        0.3333333333333333
+        """
         return {
             "n": self.n,
             "observed": self.observed,
@@ -153,6 +174,9 @@ def permutation_null(
         seed: seeds the permutations (and nothing of the caller's random state).
         batch: permutations per solve (memory: about batch * len(Cs or [1]) * cv * n_train
             float64s per cell).
+        tol, max_iter: the L-BFGS stopping rule, as for the grid.
+        names: (hook, position) names of `cells`, kept in the result.
+        progress: show a progress bar.
 
     Returns:
         A `PermutationNull` with the null AUCs, mean, 95th percentile and p-value.

@@ -11,43 +11,47 @@ Every probe (geometry-of-truth style) has `from_data`, `predict` and `direction`
 
 Label convention: 1 = the model's answer is correct, so a higher score means "more likely correct".
 
-`fit_probe_grid` fits every (hook, position) cell at once: per-cell standardisation, an exact
-reduction of each cell's training rows to their span (eigh of the Gram matrix; L2-regularised
-weights always lie in that span, and the reduced features are orthogonal, which gives L-BFGS a
-near-exact diagonal preconditioner), then one batched L-BFGS over every (cell, C, fold) problem.
-Probes are saved as `.safetensors` + `.json`; nothing is ever pickled.
+Both are fitted by the batched solver of `tl_truth.probing.solver`, which `fit_probe_grid`
+uses for every (hook, position) cell at once. Probes are saved as `.safetensors` + `.json`
+(`save` / `load`, in `tl_truth.probing.probe_files`); nothing is ever pickled.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from tl_truth.models import ModelInfo
 from tl_truth.probing.metrics import stratified_folds
+from tl_truth.probing.probe_files import ProbeFiles
 from tl_truth.probing.solver import (
     DEFAULT_CS,
     DTYPE,
     LABEL_MEANING,
-    PROBE_VERSION,
     ProbeKind,
     _fit_cells,
 )
 
 
 class ProbeMismatchError(ValueError):
-    """A probe is applied to activations it was not trained on (other model, hook, position...)."""
+    """A probe is applied to activations it was not trained on (other model, hook, position...).
+
+    A `ValueError`; the message lists every field that differs.
+
+    >>> probe = Probe("mean_diff", torch.ones(4), 0.0, torch.zeros(4), torch.ones(4))
+    >>> probe.decision_function(torch.zeros(3, 5))
+    Traceback (most recent call last):
+    ...
+    tl_truth.probing.probe.ProbeMismatchError: d_model: probe has 4, input has 5
+    """
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,8 +79,35 @@ def _tensor(x: Any) -> Tensor:
 
 
 @dataclass(eq=False)
-class Probe:
-    """A linear probe: `decision = ((x - mean) / scale) @ weight + bias`; > 0 means "correct"."""
+class Probe(ProbeFiles):
+    """A linear probe: `decision = ((x - mean) / scale) @ weight + bias`; > 0 means "correct".
+
+    Fit one with `Probe.from_data(X, y)`, or take a cell of a grid with
+    `ProbeGrid.probe(hook, position)`. Saved as `.safetensors` + `.json` (never pickled).
+
+    Args:
+        kind: "logistic" or "mean_diff".
+        weight: [d] weights in standardised space (mean-diff: diff * scale, same formula).
+        bias: the intercept.
+        mean: [d] standardisation mean, fitted on the training data.
+        scale: [d] standardisation scale.
+        hook: the hook point the activations came from (checked by `check_compatible`).
+        layer: its layer.
+        position: the position name the activations came from.
+        C: the chosen L2 strength (scikit-learn's C); None for mean_diff.
+        model: `ModelInfo.to_dict()` of the model that produced the activations.
+        metadata: n_train, the CV AUC of each C, the label convention, ...
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> y = torch.arange(60) % 2
+    >>> X = torch.randn(60, 8, generator=g)
+    >>> X[:, 0] += 3 * y  # feature 0 says "correct"
+    >>> probe = Probe.from_data(X, y, hook="blocks.1.hook_resid_post", position="exact_last")
+    >>> probe.kind, probe.d_model, probe.layer, probe.C in probe.metadata["Cs"]
+    ('logistic', 8, 1, True)
+    >>> probe.predict(X[:4]).tolist(), float(probe.direction[0]) > 0.8
+    ([0, 1, 0, 1], True)
+    """
 
     kind: ProbeKind
     weight: Float[Tensor, " d"]  # standardised space (mean-diff: diff * scale, same formula)
@@ -106,7 +137,33 @@ class Probe:
         tol: float = 1e-4,
         max_iter: int = 500,
     ) -> Probe:
-        """Fit on (X, y) only: standardise, choose C by stratified CV AUC, refit on everything."""
+        """Fit on (X, y) only: standardise, choose C by stratified CV AUC, refit on everything.
+
+        Args:
+            X: [n, d] activations.
+            y: [n] labels, 1 = the answer is correct.
+            kind: "logistic" (L2 logistic regression, scikit-learn's objective) or "mean_diff"
+                (direction between the class means, threshold halfway).
+            Cs: the L2 strengths to choose from (logistic only).
+            cv: CV folds (logistic needs at least `cv` examples of each class).
+            seed: seeds the folds.
+            hook, layer, position, model: where the activations came from (recorded, checked
+                when the probe is loaded); `layer` defaults to the one in `hook`.
+            tol, max_iter: the L-BFGS stopping rule (a warning if it does not converge).
+
+        Returns:
+            The fitted `Probe`.
+
+        Raises:
+            ValueError: bad shapes, labels other than 0/1, too few examples of a class, or
+                `X`'s width differs from the model's d_model.
+
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(40) % 2
+        >>> X = torch.randn(40, 4, generator=g) + y[:, None]
+        >>> Probe.from_data(X, y, kind="mean_diff").predict(X).eq(y).float().mean().item() > 0.7
+        True
+        """
         X, y = _tensor(X).to(DTYPE), _tensor(y).long()
         if X.ndim != 2 or y.shape != (X.shape[0],):
             raise ValueError(f"X must be [n, d] and y [n], got {tuple(X.shape)}, {tuple(y.shape)}")
@@ -158,10 +215,25 @@ class Probe:
 
     @property
     def d_model(self) -> int:
+        """Width of the activations the probe reads."""
         return int(self.weight.shape[0])
 
     def decision_function(self, X: Float[Tensor, "*batch d"]) -> Float[Tensor, " *batch"]:
-        """Signed score; > 0 predicts "correct". Mean-diff scores are raw projections."""
+        """Signed score; > 0 predicts "correct". Mean-diff scores are raw projections.
+
+        Args:
+            X: [..., d] activations, on any device.
+
+        Returns:
+            [...] scores (float64 on X's device).
+
+        Raises:
+            ProbeMismatchError: `X` is not `d_model` wide.
+
+        >>> probe = Probe("mean_diff", torch.tensor([1.0, 0.0]), -0.5, torch.zeros(2), torch.ones(2))
+        >>> probe.decision_function(torch.tensor([[2.0, 9.0], [0.0, 9.0]])).tolist()
+        [1.5, -0.5]
+        """
         X = _tensor(X)
         if X.shape[-1] != self.d_model:
             raise ProbeMismatchError(f"d_model: probe has {self.d_model}, input has {X.shape[-1]}")
@@ -170,15 +242,43 @@ class Probe:
         return ((X - mean) / scale) @ w + self.bias
 
     def predict_proba(self, X: Float[Tensor, "*batch d"]) -> Float[Tensor, " *batch"]:
-        """P(answer correct). Calibrated for logistic; for mean_diff only a monotone squashing."""
+        """P(answer correct). Calibrated for logistic; for mean_diff only a monotone squashing.
+
+        Args:
+            X: [..., d] activations.
+
+        Returns:
+            [...] probabilities, `sigmoid(decision_function(X))`.
+
+        >>> probe = Probe("logistic", torch.tensor([1.0, 0.0]), 0.0, torch.zeros(2), torch.ones(2))
+        >>> probe.predict_proba(torch.tensor([0.0, 3.0])).item()
+        0.5
+        """
         return torch.sigmoid(self.decision_function(X))
 
     def predict(self, X: Float[Tensor, "*batch d"]) -> Int[Tensor, " *batch"]:
+        """Hard predictions: 1 (correct) where the decision function is > 0.
+
+        Args:
+            X: [..., d] activations.
+
+        Returns:
+            [...] 0/1 labels (int64).
+
+        >>> probe = Probe("logistic", torch.tensor([1.0, 0.0]), 0.0, torch.zeros(2), torch.ones(2))
+        >>> probe.predict(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])).tolist()
+        [1, 0]
+        """
         return (self.decision_function(X) > 0).long()
 
     @property
     def direction(self) -> Float[Tensor, " d"]:
-        """Unit vector in raw activation space; a larger projection means more likely correct."""
+        """Unit vector in raw activation space; a larger projection means more likely correct.
+
+        >>> w = torch.tensor([3.0, 4.0], dtype=torch.float64)
+        >>> Probe("logistic", w, 0.0, torch.zeros(2), torch.ones(2)).direction.tolist()
+        [0.6, 0.8]
+        """
         raw = self.weight / self.scale
         return raw / raw.norm().clamp_min(1e-300)
 
@@ -188,7 +288,28 @@ class Probe:
         hook: str | None = None,
         position: str | None = None,
     ) -> None:
-        """Raise ProbeMismatchError listing everything that differs from the probe's training."""
+        """Raise ProbeMismatchError listing everything that differs from the probe's training.
+
+        Args:
+            model: the `ModelInfo` (or its dict) of the activations' model; checks fingerprint,
+                backend, processing, n_layers and d_model (only d_model if the probe has no model).
+            hook: the activations' hook point.
+            position: the activations' position name.
+
+        Returns:
+            None; arguments left as None are not checked.
+
+        Raises:
+            ProbeMismatchError: something differs.
+
+        >>> probe = Probe("mean_diff", torch.ones(2), 0.0, torch.zeros(2), torch.ones(2),
+        ...               hook="blocks.0.hook_resid_post")
+        >>> probe.check_compatible(hook="blocks.0.hook_resid_post")
+        >>> probe.check_compatible(hook="blocks.1.hook_resid_post")
+        Traceback (most recent call last):
+        ...
+        tl_truth.probing.probe.ProbeMismatchError: probe does not match these activations: hook: 'blocks.0.hook_resid_post' != 'blocks.1.hook_resid_post' (probe != given)
+        """
         problems = []
         given = _info_dict(model)
         if given is not None and self.model is not None:
@@ -204,67 +325,3 @@ class Probe:
             raise ProbeMismatchError(
                 "probe does not match these activations: " + "; ".join(problems)
             )
-
-    def save(self, path: str | Path) -> tuple[Path, Path]:
-        """Write `path.safetensors` (weight, mean, scale, bias) and `path.json` (the rest)."""
-        _paths(path)[0].parent.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "weight": self.weight.contiguous(),
-            "mean": self.mean.contiguous(),
-            "scale": self.scale.contiguous(),
-            "bias": torch.tensor([self.bias], dtype=torch.float64),
-        }
-        meta = {
-            "format": "tl_truth.probe",
-            "version": PROBE_VERSION,
-            "kind": self.kind,
-            "hook": self.hook,
-            "layer": self.layer,
-            "position": self.position,
-            "C": self.C,
-            "model": self.model,
-            "metadata": self.metadata,
-        }
-        st, js = _paths(path)
-        save_file(tensors, str(st))
-        js.write_text(json.dumps(meta, indent=2))
-        return st, js
-
-    @classmethod
-    def load(
-        cls,
-        path: str | Path,
-        expect_model: ModelInfo | dict | None = None,
-        expect_hook: str | None = None,
-        expect_position: str | None = None,
-    ) -> Probe:
-        st, js = _paths(path)
-        meta = json.loads(js.read_text())
-        if meta.get("format") != "tl_truth.probe":
-            raise ValueError(f"{js} is not a tl_truth probe")
-        t = load_file(str(st))
-        probe = cls(
-            kind=meta["kind"],
-            weight=t["weight"],
-            bias=float(t["bias"][0]),
-            mean=t["mean"],
-            scale=t["scale"],
-            hook=meta["hook"],
-            layer=meta["layer"],
-            position=meta["position"],
-            C=meta["C"],
-            model=meta["model"],
-            metadata=meta["metadata"],
-        )
-        probe.check_compatible(expect_model, expect_hook, expect_position)
-        return probe
-
-
-def _paths(path: str | Path) -> tuple[Path, Path]:
-    """(x.safetensors, x.json) for x, x.json or x.safetensors; dots inside x are kept."""
-    p = Path(path)
-    base = p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
-    return base.parent / f"{base.name}.safetensors", base.parent / f"{base.name}.json"
-
-
-# ---------------------------------------------------------------------------------------------
