@@ -28,6 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_truth.answers.positions import NAMED_POSITIONS, PositionFn, resolve_positions
+from tl_truth.checkpoint import maybe_die
 from tl_truth.models import hook_name, model_device, model_info
 from tl_truth.probing.activation_store import META_FILE, STORE_VERSION, ActivationStore, _layer_of
 
@@ -251,6 +252,7 @@ def capture(
         tmp = final.with_name(final.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"model_fingerprint": info.fingerprint})
         os.replace(tmp, final)  # atomic: a killed run leaves no half-written shard
+        maybe_die("capture")
     bar.close()
     return store
 

@@ -16,13 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from tl_truth.answers.exact_answer import Locate
 from tl_truth.answers.generation import GenerationConfig, same_generation_settings
 from tl_truth.answers.positions import NAMED_POSITIONS
 from tl_truth.answers.prompts import PromptFormat
-from tl_truth.answers.run import AnswerRun, answer_questions, relocate
+from tl_truth.answers.run import (
+    EXTRACT_CHECKPOINT,
+    GENERATE_CHECKPOINT,
+    AnswerRun,
+    answer_questions,
+    clear_checkpoints,
+    relocate,
+)
+from tl_truth.checkpoint import JsonlCheckpoint, RunLock, batches, digest, maybe_die
 from tl_truth.data.questions import QADataset
+from tl_truth.models import model_info
 from tl_truth.probing.activations import ActivationStore, capture, default_hooks
 from tl_truth.probing.baselines import evaluate_baselines, logit_scores, p_true_scores
 from tl_truth.probing.grid import ProbeGrid, fit_probe_grid
@@ -94,6 +104,31 @@ def select_cell(grid: ProbeGrid, positions: tuple[str, ...]) -> dict | None:
     }
 
 
+P_TRUE_CHECKPOINT = "p_true.ckpt.jsonl"
+
+
+def _p_true_resumable(model: Any, records: list, checkpoint: Path | None, progress: bool):
+    """`p_true_scores` in chunks of whole batches, each appended to `checkpoint` when done.
+
+    p(True) judges records in fixed batches of 16 in order, so chunks of 64 give exactly the
+    scores of one call.
+    """
+    chunk = 64
+    key = digest(
+        "p_true", model_info(model).fingerprint, [(r["question"], r["answer"]) for r in records]
+    )
+    ckpt = JsonlCheckpoint(checkpoint, key=key, stage="p_true")
+    done = ckpt.done()
+    out: list[float] = []
+    for b, start, end in tqdm(
+        list(batches(len(records), chunk)), desc="p(True)", disable=not progress, unit="chunk"
+    ):
+        if b not in done:
+            ckpt.append(b, p_true_scores(model, records[start:end], progress=False).tolist())
+        out.extend(done[b])
+    return np.asarray(out, dtype=float)
+
+
 def probe_report(
     model: Any,
     run: AnswerRun,
@@ -103,6 +138,7 @@ def probe_report(
     seed: int = 0,
     progress: bool = True,
     n_perm: int = 100,
+    checkpoint_dir: str | Path | None = None,
 ) -> ProbeReport:
     """Fit the probe grid on a captured store; compare with the baselines and the controls.
 
@@ -117,6 +153,8 @@ def probe_report(
         seed: the seed of the probes' CV, the bootstrap and the permutations.
         progress: show progress bars.
         n_perm: label permutations for the null of the selected exact-answer cell (0: none).
+        checkpoint_dir: where p(True) appends its finished batches (`p_true.ckpt.jsonl`), so
+            a killed run does not judge those answers again (None: no checkpoint).
 
     Returns:
         The `ProbeReport` (not saved; `run_all` saves it).
@@ -159,13 +197,19 @@ def probe_report(
         progress=progress,
     )
     t_probe = time.perf_counter() - t0
+    maybe_die("probe")
 
     t1 = time.perf_counter()
     scores = logit_scores(records)
     if p_true:
         # Baselines are only evaluated on the test split: judge only those answers.
         test_rows = np.flatnonzero(test.numpy())
-        judged = p_true_scores(model, [records[i] for i in test_rows], progress=progress)
+        judged = _p_true_resumable(
+            model,
+            [records[i] for i in test_rows],
+            Path(checkpoint_dir) / P_TRUE_CHECKPOINT if checkpoint_dir is not None else None,
+            progress,
+        )
         scores["p_true"] = np.full(len(records), np.nan)
         scores["p_true"][test_rows] = judged
     baselines = evaluate_baselines(scores, labels.numpy(), test.numpy(), n_boot=n_boot, seed=seed)
@@ -296,7 +340,17 @@ def run_all(
     (8, ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'])
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):  # a second run on the same directory stops with the holder's name
+        return _run_all(
+            model, dataset, out, config, fmt, hooks, positions, n_boot, p_true,
+            extract_with_model, progress, locate, n_perm,
+        )  # fmt: skip
+
+
+def _run_all(
+    model, dataset, out, config, fmt, hooks, positions, n_boot, p_true, extract_with_model,
+    progress, locate, n_perm,
+) -> ProbeReport:  # fmt: skip
     t0 = time.perf_counter()
     config = config or GenerationConfig()
     gen_file = out / "generations.jsonl"
@@ -316,10 +370,19 @@ def run_all(
             run = relocate(model, dataset, run, locate, extract_with_model, config.batch_size)
             run.save(out)
     else:
+        # killed here, a re-run resumes from the batches checkpointed in `out`
         run = answer_questions(
-            model, dataset, config, fmt, extract_with_model, progress, locate=locate
+            model,
+            dataset,
+            config,
+            fmt,
+            extract_with_model,
+            progress,
+            locate=locate,
+            checkpoint_dir=out,
         )
         run.save(out)
+        clear_checkpoints(out, [GENERATE_CHECKPOINT, EXTRACT_CHECKPOINT])
     t_gen = time.perf_counter() - t0
     t1 = time.perf_counter()
     store = capture(
@@ -332,10 +395,18 @@ def run_all(
     )
     t_cap = time.perf_counter() - t1
     report = probe_report(
-        model, run, store, n_boot=n_boot, p_true=p_true, progress=progress, n_perm=n_perm
+        model,
+        run,
+        store,
+        n_boot=n_boot,
+        p_true=p_true,
+        progress=progress,
+        n_perm=n_perm,
+        checkpoint_dir=out,
     )
     report.timings = {"generate_s": round(t_gen, 2), "capture_s": round(t_cap, 2), **report.timings}
     save_report(report, out)
+    clear_checkpoints(out)
     return report
 
 
