@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from tl_truth.checkpoint import LOCK_FILE, JsonlCheckpoint, RunLock
+from tl_truth.checkpoint import LOCK_FILE, JsonlCheckpoint, RunLock, RunLockedError
 
 
 def test_checkpoint_round_trip_and_torn_last_line(tmp_path):
@@ -77,7 +77,7 @@ def test_second_process_is_refused_naming_the_holder(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(RuntimeError, match=f"pid {holder.pid}"):
+        with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
             with RunLock(tmp_path):
                 pass
     finally:
@@ -102,3 +102,21 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     assert pid != os.getpid()
     with RunLock(tmp_path):
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_cli_refuses_an_out_dir_in_use(tmp_path, capsys):
+    from tl_truth.cli import main
+
+    (tmp_path / LOCK_FILE).write_text(
+        json.dumps(
+            {
+                "pid": os.getppid(),
+                "host": __import__("socket").gethostname(),
+                "command": "tl-truth run --out x",
+                "started": "t",
+            }
+        )
+    )
+    assert main(["select", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "in use by another tl_truth run" in err and f"pid {os.getppid()}" in err

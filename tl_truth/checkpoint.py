@@ -151,6 +151,10 @@ class JsonlCheckpoint:
             self.path.unlink(missing_ok=True)
 
 
+class RunLockedError(RuntimeError):
+    """Another process holds the output directory (the message names it)."""
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -165,7 +169,7 @@ class RunLock:
     """Exclusive use of an output directory while a job writes into it (a context manager).
 
     Re-entrant within one process (nested jobs on the same directory share the lock). A second
-    process gets a RuntimeError naming the holder. A lock whose process is gone (same host) is
+    process gets a `RunLockedError` naming the holder. A lock whose process is gone (same host) is
     stale and taken over.
 
     Args:
@@ -204,7 +208,7 @@ class RunLock:
                 if holder and self._stale(holder):
                     self.path.unlink(missing_ok=True)
                     continue
-                raise RuntimeError(
+                raise RunLockedError(
                     f"{self.dir} is in use by another tl_truth run "
                     f"(pid {holder.get('pid')} on {holder.get('host')}, started "
                     f"{holder.get('started')}: {holder.get('command')}). Wait for it, use "

@@ -9,6 +9,7 @@ The flag groups and `configs_from_args` live in `tl_truth.cli_options`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tl_truth.checkpoint import RunLock, RunLockedError
 from tl_truth.cli_options import (
     _FOR_ITS_RUN,
     _Formatter,
@@ -381,8 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _log_to_stdout()
     try:
-        return args.func(args, configs_from_args(args))
-    except (ValueError, FileNotFoundError, ImportError) as e:
+        out = getattr(args, "options.out", None)
+        with RunLock(out) if out else contextlib.nullcontext():  # one process per --out
+            return args.func(args, configs_from_args(args))
+    except (ValueError, FileNotFoundError, ImportError, RunLockedError) as e:
         hint = ""
         if isinstance(e, ImportError) and e.name == "datasets":
             hint = " (the hub loaders need it: pip install 'tl_truth[hub]')"
