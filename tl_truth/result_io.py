@@ -199,3 +199,44 @@ def save_outputs(out_dir: str | Path, name: str, doc: dict, markdown: str, figur
     (out / f"{name}.md").write_text(markdown)
     save_figure(figure, out / f"{name}.png")
     return out
+
+
+def read_json_file(path: str | Path) -> Any:
+    """`json.loads` of a file; a file that is not JSON raises ValueError naming it.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = (Path(d) / "x.json").write_text("{")
+    ...     read_json_file(Path(d) / "x.json")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: .../x.json: not valid JSON (truncated or corrupt?): ...
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON (truncated or corrupt?): {e}") from e
+
+
+def read_tensors(path: str | Path) -> dict:
+    """`safetensors.torch.load_file`; a truncated or corrupt file raises ValueError naming it.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = (Path(d) / "x.safetensors").write_bytes(b"\\x10\\x00")
+    ...     read_tensors(Path(d) / "x.safetensors")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: .../x.safetensors: not a readable safetensors file (truncated or corrupt?): ...
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(
+            f"{path}: not a readable safetensors file (truncated or corrupt?): {e}"
+        ) from e

@@ -114,3 +114,23 @@ def test_store_refuses_a_different_capture(tiny, tmp_path):
     assert meta["positions"] == list(NAMED_POSITIONS)
     with pytest.raises(FileNotFoundError):
         ActivationStore.open(tmp_path / "nope")
+
+
+def test_truncated_shard_meta_or_probe_errors_name_the_file(tiny, tmp_path):
+    from tl_truth.probing import Probe
+
+    store = capture(tiny, fake_records(5), tmp_path / "s", shard_size=4, progress=False)
+    shard = store.shard_files()[0]
+    shard.write_bytes(shard.read_bytes()[:100])  # a copy cut short
+    with pytest.raises(ValueError, match=str(shard)):
+        store.load()
+    meta = tmp_path / "s" / "meta.json"
+    meta.write_text(meta.read_text()[:50])
+    with pytest.raises(ValueError, match=str(meta)):
+        ActivationStore.open(tmp_path / "s")
+    probe = Probe("mean_diff", torch.ones(2), 0.0, torch.zeros(2), torch.ones(2))
+    probe.save(tmp_path / "p")
+    st = tmp_path / "p.safetensors"
+    st.write_bytes(st.read_bytes()[:40])
+    with pytest.raises(ValueError, match=str(st)):
+        Probe.load(tmp_path / "p")

@@ -8,17 +8,16 @@ store needs no model, so this side lives apart from the capture code in
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import load_file
 from torch import Tensor
 
 from tl_truth.models import ModelInfo
+from tl_truth.result_io import read_json_file, read_tensors
 
 META_FILE = "meta.json"
 STORE_VERSION = 1
@@ -91,7 +90,7 @@ class ActivationStore:
         meta_path = path / META_FILE
         if not meta_path.exists():
             raise FileNotFoundError(f"no activation store at {path} (missing {META_FILE})")
-        return cls(path, json.loads(meta_path.read_text()))
+        return cls(path, read_json_file(meta_path))
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -194,7 +193,7 @@ class ActivationStore:
         acts = torch.zeros((n, len(h_idx), len(p_idx), d))
         valid = torch.zeros((n, len(p_idx)), dtype=torch.bool)
         for f in self.shard_files():
-            shard = load_file(str(f))
+            shard = read_tensors(f)
             rows = shard["rows"]
             acts[rows] = shard["acts"][:, h_idx][:, :, p_idx].float()
             valid[rows] = shard["valid"][:, p_idx]

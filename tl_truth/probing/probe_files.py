@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from tl_truth.models import ModelInfo
 from tl_truth.probing.solver import PROBE_VERSION
+from tl_truth.result_io import read_json_file, read_tensors
 
 if TYPE_CHECKING:
     from tl_truth.probing.probe import Probe
@@ -107,10 +108,10 @@ class ProbeFiles:
         tl_truth.probing.probe.ProbeMismatchError: probe does not match these activations: position: 'exact_last' != 'exact_first' (probe != given)
         """
         st, js = _paths(path)
-        meta = json.loads(js.read_text())
+        meta = read_json_file(js)
         if meta.get("format") != "tl_truth.probe":
             raise ValueError(f"{js} is not a tl_truth probe")
-        t = load_file(str(st))
+        t = read_tensors(st)
         probe = cls(
             kind=meta["kind"],
             weight=t["weight"],
