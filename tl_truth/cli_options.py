@@ -106,6 +106,33 @@ def _run_options(p: argparse.ArgumentParser, d: RunOptions, dataset_help: str = 
         "--device", dest="options.device", default=d.device, help="torch device; None: auto"
     )
     p.add_argument(
+        "--dtype",
+        dest="options.dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=d.dtype,
+        help="model dtype (probes always fit in float32)",
+    )
+    p.add_argument(
+        "--device-map",
+        dest="options.device_map",
+        default=d.device_map,
+        help="bridge: HF device map for models bigger than one device: auto, balanced, "
+        "sequential, a JSON object or a JSON file",
+    )
+    p.add_argument(
+        "--max-memory",
+        dest="options.max_memory",
+        default=d.max_memory,
+        help="with --device-map: memory per device, e.g. 0=70GiB,1=70GiB",
+    )
+    p.add_argument(
+        "--n-devices",
+        dest="options.n_devices",
+        type=int,
+        default=d.n_devices,
+        help="hooked backend: split the blocks across this many GPUs",
+    )
+    p.add_argument(
         "--threads", dest="options.threads", type=int, default=d.threads, help="torch CPU threads"
     )
     p.add_argument(

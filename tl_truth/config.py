@@ -107,6 +107,11 @@ class RunOptions:
         model_extract: fall back to asking the model for the exact answer when string
             matching finds none.
         device: torch device (None: automatic).
+        dtype: model dtype, "float32", "bfloat16" or "float16" (probes always fit in float32).
+        device_map: bridge only: Hugging Face device map for a model bigger than one device:
+            "auto", "balanced", "sequential", a JSON object or a JSON file ({module: device}).
+        max_memory: with `device_map`: memory per device, e.g. "0=70GiB,1=70GiB,cpu=200GiB".
+        n_devices: hooked backend only: split the blocks across this many CUDA devices.
         threads: torch CPU threads (set before loading); None: torch's default.
         quiet: no progress bars.
 
@@ -126,6 +131,10 @@ class RunOptions:
     batch_size: int = GenerationConfig.batch_size
     model_extract: bool = True
     device: str | None = None
+    dtype: str = "float32"
+    device_map: str | None = None
+    max_memory: str | None = None
+    n_devices: int = 1
     threads: int | None = None
     quiet: bool = False  # no progress bars
 

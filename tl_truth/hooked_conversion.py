@@ -16,7 +16,16 @@ from typing import Any
 from tl_truth.compat import has_hooked_transformer
 
 
-def _hooked_from_hf(hf_model: Any, tokenizer: Any, name: str, device: str) -> Any:
+def _hooked_from_hf(
+    hf_model: Any,
+    tokenizer: Any,
+    name: str,
+    device: str,
+    dtype: Any = None,
+    n_devices: int = 1,
+) -> Any:
+    """A HookedTransformer from an HF model (float32 weights processed, then cast to `dtype`;
+    `n_devices` > 1 splits the blocks across that many CUDA devices, TransformerLens' way)."""
     if not has_hooked_transformer():
         raise RuntimeError(
             "backend='hooked' needs TransformerLens 3.x: TransformerLens 4.x removed "
@@ -31,8 +40,14 @@ def _hooked_from_hf(hf_model: Any, tokenizer: Any, name: str, device: str) -> An
     arch = type(hf_model).__name__
     official = "google/gemma-3-270m" if _is_gemma3_270m(hf_model) else None
     if official:
+        extra = {"dtype": dtype} if dtype is not None else {}
         return HookedTransformer.from_pretrained(
-            official, hf_model=hf_model, tokenizer=tokenizer, device=device
+            official,
+            hf_model=hf_model,
+            tokenizer=tokenizer,
+            device=device,
+            n_devices=n_devices,
+            **extra,
         )
     # Not an official TL name: build the config ourselves, then convert the weights (what
     # from_pretrained does, minus the name lookup that needs the hub).
@@ -46,6 +61,7 @@ def _hooked_from_hf(hf_model: Any, tokenizer: Any, name: str, device: str) -> An
             hf_config.save_pretrained(tmp)
             cfg = get_pretrained_model_config(tmp, fold_ln=True, device=device)
     cfg.model_name = name
+    cfg.n_devices = n_devices
     weights = _convert_weights(hf_model, cfg)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
@@ -57,6 +73,12 @@ def _hooked_from_hf(hf_model: Any, tokenizer: Any, name: str, device: str) -> An
         refactor_factored_attn_matrices=False,
     )
     object.__setattr__(model, "_tl_truth_center_writing", True)
+    if dtype is not None:
+        model = model.to(dtype)  # processing ran in float32; cast after, as from_pretrained
+        model.cfg.dtype = dtype
+    if n_devices > 1:
+        model.move_model_modules_to_device()  # blocks split across cuda:0..n-1
+        return model
     return model.to(device)
 
 

@@ -262,7 +262,11 @@ def hook_name(kind: str, layer: int, n_layers: int | None = None) -> str:
 
 
 def model_device(model: Any) -> torch.device:
-    """The device of the model's (first) parameters, where its inputs must go.
+    """Where the model's inputs must go: its embedding's device.
+
+    For a model split across devices (a device map, or `n_devices`) that is the device its
+    `cfg.device` names (TransformerLens sets it to the embedding's); otherwise the device of
+    its first parameter.
 
     Args:
         model: any torch module.
@@ -274,4 +278,7 @@ def model_device(model: Any) -> torch.device:
     >>> model_device(tiny_model("llama")).type
     'cpu'
     """
+    cfg_device = getattr(getattr(model, "cfg", None), "device", None)
+    if cfg_device is not None and getattr(model.cfg, "n_devices", 1) > 1:
+        return torch.device(cfg_device)
     return next(model.parameters()).device

@@ -149,7 +149,31 @@ def _strip_gguf_quantization(hf: Any) -> None:
         hf.config.architectures = [type(hf).__name__]
 
 
-def load_hf(source: str | os.PathLike) -> tuple[Any, Any, str]:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """`"bfloat16"` -> `torch.bfloat16`; None -> float32; a torch dtype is returned as is.
+
+    >>> resolve_dtype("bfloat16"), resolve_dtype(None)
+    (torch.bfloat16, torch.float32)
+    """
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).removeprefix("torch.")
+    if key not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[key]
+
+
+def load_hf(
+    source: str | os.PathLike,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+) -> tuple[Any, Any, str]:
     """Load (hf_model, tokenizer, label) from a built-in name, HF directory, GGUF file or hub id.
 
     A GGUF file (or a built-in name) is dequantised to float32 once and cached as an HF directory
@@ -158,10 +182,14 @@ def load_hf(source: str | os.PathLike) -> tuple[Any, Any, str]:
     Args:
         source: a name in `BUILTIN_MODELS`, a local HF model directory, a `.gguf` file, or a
             hub id (only when the Hugging Face hub is reachable).
+        dtype: weight dtype, "float32" (default), "bfloat16" or "float16".
+        device_map, max_memory: Hugging Face's (accelerate) placement of the layers across
+            devices, e.g. "auto" or {"model.embed_tokens": 0, "model.layers.0": 0, ...,
+            "lm_head": 1}; None: load on the CPU (`from_hf` moves it).
 
     Returns:
-        The HF causal LM (float32, eval mode), its tokenizer, and a short label (the built-in
-        name, the file stem or the directory name).
+        The HF causal LM (eval mode), its tokenizer, and a short label (the built-in name,
+        the file stem or the directory name).
 
     Raises:
         ValueError: a file that is not a GGUF, or a name that is none of the above.
@@ -199,7 +227,10 @@ def load_hf(source: str | os.PathLike) -> tuple[Any, Any, str]:
                 f"not a local directory or .gguf file, and the hub could not provide it ({e})."
             ) from e
     tok = AutoTokenizer.from_pretrained(directory)
-    hf = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    placement = {"device_map": device_map} if device_map is not None else {}
+    if max_memory is not None:
+        placement["max_memory"] = max_memory
+    hf = AutoModelForCausalLM.from_pretrained(directory, dtype=resolve_dtype(dtype), **placement)
     _strip_gguf_quantization(hf)
     hf.eval()
     return hf, tok, label
@@ -213,6 +244,8 @@ def from_hf(
     compatibility_mode: bool = False,
     device: str | None = None,
     chat: bool | None = None,
+    dtype: str | torch.dtype | None = None,
+    n_devices: int = 1,
 ) -> Any:
     """Wrap an already-loaded HF causal LM as a TransformerLens model of the chosen backend.
 
@@ -224,8 +257,13 @@ def from_hf(
         name: a label for `ModelInfo.name` (default: the HF config's name or path).
         compatibility_mode: bridge only: TransformerLens' compatibility mode (processed
             weights, HookedTransformer-like activations).
-        device: "cuda" when available, else "cpu", by default.
+        device: "cuda" when available, else "cpu", by default. Ignored when `hf_model` was
+            placed with a device map (`hf_model.hf_device_map`): it stays where it is.
         chat: whether prompts use the chat template (default: the tokenizer has one).
+        dtype: the model's dtype (default: that of `hf_model`'s weights). For the hooked
+            backend the weights are processed in float32 and cast after.
+        n_devices: hooked backend only: split the blocks across this many CUDA devices
+            (TransformerLens' `n_devices`); the bridge uses the HF device map instead.
 
     Returns:
         The TransformerLens model, in eval mode.
@@ -235,7 +273,10 @@ def from_hf(
     >>> type(model).__name__, model.cfg.n_layers, model.cfg.d_model
     ('TransformerBridge', 2, 32)
     """
+    mapped = bool(getattr(hf_model, "hf_device_map", None))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    weights_dtype = next(hf_model.parameters()).dtype
+    dtype = resolve_dtype(dtype) if dtype is not None else weights_dtype
     name = name or getattr(hf_model.config, "_name_or_path", None) or type(hf_model).__name__
     _strip_gguf_quantization(hf_model)
     if tokenizer.pad_token_id is None:
@@ -244,13 +285,34 @@ def from_hf(
         from transformer_lens.model_bridge import TransformerBridge
 
         patch_bridge_kv_cache()
+        if n_devices > 1:
+            raise ValueError(
+                "n_devices is for backend='hooked'; for the bridge place the HF model with a "
+                "device map (load_model(..., device_map='auto'))"
+            )
         model = TransformerBridge.boot_transformers(
-            name, hf_model=hf_model, tokenizer=tokenizer, device=device
+            name,
+            hf_model=hf_model,
+            tokenizer=tokenizer,
+            device=None if mapped else device,  # a mapped model stays where accelerate put it
+            dtype=dtype,
         )
         if compatibility_mode:
             model.enable_compatibility_mode()
     elif backend == "hooked":
-        model = _hooked_from_hf(hf_model, tokenizer, name, device)
+        if mapped:
+            raise ValueError(
+                "backend='hooked' cannot take a device-mapped HF model; use n_devices (its "
+                "own way of splitting the blocks across GPUs) or backend='bridge'"
+            )
+        model = _hooked_from_hf(
+            hf_model,
+            tokenizer,
+            name,
+            device,
+            dtype=None if dtype == weights_dtype else dtype,
+            n_devices=n_devices,
+        )
     else:
         raise ValueError(f"backend must be 'bridge' or 'hooked', got {backend!r}")
     model.eval()
@@ -266,6 +328,10 @@ def load_model(
     backend: Backend = "bridge",
     device: str | None = None,
     compatibility_mode: bool = False,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    n_devices: int = 1,
 ) -> Any:
     """Load a model for tl_truth.
 
@@ -281,6 +347,13 @@ def load_model(
             TransformerLens 3.x only).
         device: "cuda" when available, else "cpu", by default.
         compatibility_mode: bridge only: use TransformerLens' compatibility mode.
+        dtype: "float32" (default), "bfloat16" or "float16". Activations are captured in
+            this dtype and stored as float16; probes always fit in float32.
+        device_map, max_memory: bridge only: Hugging Face's placement of the layers across
+            devices for models bigger than one ("auto", "balanced", or an explicit
+            {module: device} dict; `max_memory` e.g. {0: "70GiB", 1: "70GiB"}). Inputs go
+            to the embedding's device and every hook works on whatever device its layer is on.
+        n_devices: hooked backend only: split the blocks across this many CUDA devices.
 
     Returns:
         The TransformerLens model (eval mode); `model_info(model)` identifies it.
@@ -311,8 +384,14 @@ def load_model(
         patch_bridge_kv_cache()
         return name
     t0 = time.perf_counter()
-    hf, tok, label = load_hf(name)
+    if backend == "hooked" and (device_map is not None or max_memory is not None):
+        raise ValueError("device_map / max_memory are for backend='bridge'; use n_devices")
+    # The hooked backend processes weights (folding, centring) in float32, then casts.
+    hf, tok, label = load_hf(name, None if backend == "hooked" else dtype, device_map, max_memory)
     chat = BUILTIN_MODELS[label].chat if label in BUILTIN_MODELS else None
-    model = from_hf(hf, tok, backend, label, compatibility_mode, device, chat=chat)
+    model = from_hf(
+        hf, tok, backend, label, compatibility_mode, device, chat=chat, dtype=dtype,
+        n_devices=n_devices,
+    )  # fmt: skip
     object.__setattr__(model, "_tl_truth_load_s", time.perf_counter() - t0)
     return model

@@ -102,7 +102,8 @@ def capture_batch(
 
     def make_hook(j: int):
         def hook(act: Tensor, hook: Any) -> None:
-            out[:, j] = act[rows, gather].float().cpu()
+            # layers of a model split across devices live on different devices
+            out[:, j] = act[rows.to(act.device), gather.to(act.device)].float().cpu()
 
         return hook
 

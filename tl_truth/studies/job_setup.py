@@ -38,7 +38,8 @@ def load_model_for(options: RunOptions) -> Any:
     """The model the options name (torch threads set first: loading is CPU work too).
 
     Args:
-        options: `model`, `backend`, `device`, `compat` and `threads` are read.
+        options: `model`, `backend`, `device`, `compat`, `dtype`, `device_map`,
+            `max_memory`, `n_devices` and `threads` are read.
 
     Returns:
         The loaded model (`tl_truth.models.load_model`).
@@ -52,7 +53,48 @@ def load_model_for(options: RunOptions) -> Any:
         backend=options.backend,
         device=options.device,
         compatibility_mode=options.compat,
+        dtype=options.dtype,
+        device_map=parse_device_map(options.device_map),
+        max_memory=parse_max_memory(options.max_memory),
+        n_devices=options.n_devices,
     )
+
+
+def parse_device_map(text: str | None) -> str | dict | None:
+    """`--device-map`: a strategy name, a JSON object, or a JSON file holding one.
+
+    >>> parse_device_map("auto"), parse_device_map('{"model.layers.0": 0, "lm_head": 1}')
+    ('auto', {'model.layers.0': 0, 'lm_head': 1})
+    """
+    if text is None or text in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return text
+    import json
+    from pathlib import Path
+
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    if Path(text).is_file():
+        return json.loads(Path(text).read_text())
+    raise ValueError(
+        f"--device-map {text!r}: expected auto, balanced, sequential, a JSON object or a JSON file"
+    )
+
+
+def parse_max_memory(text: str | None) -> dict | None:
+    """`--max-memory 0=70GiB,1=70GiB,cpu=200GiB` -> {0: "70GiB", 1: "70GiB", "cpu": "200GiB"}.
+
+    >>> parse_max_memory("0=70GiB,cpu=200GiB")
+    {0: '70GiB', 'cpu': '200GiB'}
+    """
+    if not text:
+        return None
+    out: dict = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"--max-memory {text!r}: expected DEVICE=SIZE,... e.g. 0=70GiB")
+        out[int(key) if key.strip().isdigit() else key.strip()] = value.strip()
+    return out
 
 
 def _set_threads(options: RunOptions) -> None:
