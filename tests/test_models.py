@@ -203,6 +203,6 @@ def test_device_map_options_are_checked():
     with pytest.raises(ValueError, match="n_devices"):
         load_model("x", backend="hooked", device_map="auto")
     with pytest.raises(ValueError, match="dtype must be one of"):
-        from tl_truth.model_loading import resolve_dtype
+        from tl_truth.models.loading import resolve_dtype
 
         resolve_dtype("int8")

@@ -3,7 +3,7 @@
 `load_model` is the one call a notebook needs; `load_hf` and `from_hf` are its two halves
 (HF weights and tokenizer, then the TransformerLens wrapper of either backend). GGUF files are
 dequantised once into a cached HF directory; building a HookedTransformer without the hub is
-in `tl_truth.hooked_conversion`. Kept apart from `tl_truth.model_identity` (what a loaded model
+in `tl_truth.models.hooked`. Kept apart from `tl_truth.models.identity` (what a loaded model
 *is*) because loading pulls in transformers and GGUF handling; `tl_truth.models` re-exports
 both.
 """
@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from tl_truth.compat import patch_bridge_kv_cache
-from tl_truth.hooked_conversion import _hooked_from_hf
-from tl_truth.model_identity import Backend, backend_of
+from tl_truth.models.hooked import _hooked_from_hf
+from tl_truth.models.identity import Backend, backend_of
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ tl_truth works with a `HookedTransformer` (TransformerLens 3.x) or a `Transforme
 (`blocks.{l}.hook_resid_post`, ...), a tokenizer, a cfg and `hooks()`, so that is the protocol
 (`TLModel`). Activations differ between backends and weight-processing modes, so every model
 gets a `ModelInfo` (backend, processing mode, weight fingerprint) that travels with everything we
-save. Loading models lives in `tl_truth.model_loading`; `tl_truth.models` re-exports both.
+save. Loading models lives in `tl_truth.models.loading`; `tl_truth.models` re-exports both.
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ Activations differ between backends and weight-processing modes, so every model 
 `ModelInfo` (backend, processing mode, weight fingerprint) that travels with everything we save.
 
 This module is the one place to import from: identity (`ModelInfo`, `model_info`, `hook_name`,
-...) lives in `tl_truth.model_identity`, loading (`load_model`, `from_hf`, `BUILTIN_MODELS`,
-...) in `tl_truth.model_loading`.
+...) lives in `tl_truth.models.identity`, loading (`load_model`, `from_hf`, `BUILTIN_MODELS`,
+...) in `tl_truth.models.loading`.
 """
 
 from __future__ import annotations
 
-from tl_truth.model_identity import (
+from tl_truth.models.identity import (
     HOOK_KINDS,
     Backend,
     ModelInfo,
@@ -25,7 +25,7 @@ from tl_truth.model_identity import (
     model_info,
     processing_of,
 )
-from tl_truth.model_loading import (
+from tl_truth.models.loading import (
     BUILTIN_MODELS,
     DEFAULT_MODEL,
     BuiltinModel,
@@ -34,8 +34,8 @@ from tl_truth.model_loading import (
     load_hf,
     load_model,
 )
-from tl_truth.model_loading import _builtin_gguf as _builtin_gguf
-from tl_truth.model_loading import _dequantised_dir as _dequantised_dir
+from tl_truth.models.loading import _builtin_gguf as _builtin_gguf
+from tl_truth.models.loading import _dequantised_dir as _dequantised_dir
 
 __all__ = [
     "BUILTIN_MODELS",

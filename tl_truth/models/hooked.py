@@ -5,7 +5,7 @@ names, which needs the hub for anything it does not know. `from_hf(..., backend=
 instead builds the config from the HF config and converts the weights itself (GPT-2,
 Llama/Mistral, Gemma), then applies the usual weight processing (folded layer norms, centred
 writing weights). Only TransformerLens 3.x has a HookedTransformer. Kept apart from
-`tl_truth.model_loading` because this per-architecture plumbing is rarely what a reader of the
+`tl_truth.models.loading` because this per-architecture plumbing is rarely what a reader of the
 loading code is after.
 """
 
