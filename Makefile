@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_generation.py
 	$(PY) benchmarks/bench_capture.py
 	$(PY) benchmarks/bench_probe_grid.py
+	$(PY) benchmarks/bench_extraction.py
 
 clean:
 	rm -rf $(VENV) $(VENV4) runs .pytest_cache

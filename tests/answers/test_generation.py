@@ -184,3 +184,28 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path):
         g.generate_ids(
             model, ids, g.GenerationConfig(max_new_tokens=3), progress=False, checkpoint=ck
         )
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_shared_prefix_decoding_equals_plain_decoding(arch):
+    """A 40-token prefix common to every prompt runs once; rows batch by equal suffix length.
+    Same tokens as the plain padded loop, log-probabilities within float tolerance."""
+    from tl_truth.answers import generation as g
+
+    for backend in BACKENDS:
+        model = tiny_model(arch, backend)
+        prefix = [0] + [5, 9, 13, 7] * 10
+        suffixes = [[20, 21], [22], [20, 23], [30, 31, 32, 33], [24], [25, 26]]
+        prompts = [prefix + s for s in suffixes]
+        assert g._shared_prefix_len(prompts) == len(prefix)
+        cfg = g.GenerationConfig(max_new_tokens=6, batch_size=4)
+        plain = g.generate_ids(model, prompts, cfg, progress=False)
+        shared = g.generate_ids(model, prompts, cfg, progress=False, share_prefix=True)
+        for a, b in zip(plain, shared, strict=True):
+            assert a[0]["answer_token_ids"] == b[0]["answer_token_ids"], (arch, backend)
+            torch.testing.assert_close(
+                torch.tensor(a[0]["token_logprobs"]),
+                torch.tensor(b[0]["token_logprobs"]),
+                atol=1e-4,
+                rtol=1e-4,
+            )

@@ -165,8 +165,13 @@ def generate_ids(
     progress: bool = True,
     desc: str = "generate",
     checkpoint: str | Path | None = None,
+    share_prefix: bool = False,
 ) -> list[list[dict]]:
     """Decode from token-id prompts (the loop under `generate`, for prompts already tokenised).
+
+    With `share_prefix`, a token prefix common to every prompt (e.g. a few-shot instruction)
+    is run once and its KV cache copied to each batch; rows are then batched by equal suffix
+    length, so nothing is padded. Same tokens as without it up to floating-point ties.
 
     With `checkpoint`, every finished batch is appended to that JSONL file (with the sampler's
     random state), and a re-run with the same prompts, settings and model skips the batches
@@ -181,6 +186,7 @@ def generate_ids(
         progress: show a progress bar.
         desc: the progress bar's label (and the checkpoint's stage name).
         checkpoint: a JSONL file to append finished batches to and resume from (None: off).
+        share_prefix: run the prompts' common token prefix once (when >= 32 tokens).
 
     Returns:
         Per prompt, K dicts (K = `config.num_samples`) with ``answer_token_ids``,
@@ -225,14 +231,25 @@ def generate_ids(
     ckpt = JsonlCheckpoint(
         checkpoint,
         key=digest(
-            "generate_ids", vars(cfg), stop_at_newline, model_info(model).fingerprint, prompt_ids
+            "generate_ids",
+            vars(cfg),
+            stop_at_newline,
+            share_prefix,
+            model_info(model).fingerprint,
+            prompt_ids,
         ),
         stage=desc,
     )
     done = ckpt.done()
+    prefix_len = _shared_prefix_len(prompt_ids) if share_prefix and cfg.use_cache else 0
+    if prefix_len < MIN_SHARED_PREFIX:
+        prefix_len = 0
+        groups = [rows[start:end] for _, start, end in batches(len(rows), cfg.batch_size)]
+    else:  # rows with equal suffix lengths decode together after the shared prefix: no padding
+        groups = _equal_length_groups(rows, prompt_ids, prefix_len, cfg.batch_size)
+    prefix_stepper = None
     bar = tqdm(total=len(rows), desc=desc, disable=not progress, unit="ans")
-    for b, start, end in batches(len(rows), cfg.batch_size):
-        batch_rows = rows[start:end]
+    for b, batch_rows in enumerate(groups):
         if b in done:  # finished before the run was killed: its results and random state
             results = done[b]["results"]
             gen.set_state(torch.tensor(done[b]["rng"], dtype=torch.uint8))
@@ -240,15 +257,21 @@ def generate_ids(
                 out[i][k] = res
             bar.update(len(batch_rows))
             continue
+        prefilled = None
+        if prefix_len:
+            if prefix_stepper is None:
+                prefix_stepper = _prefill(model, prompt_ids[0][:prefix_len], device)
+            prefilled = (_expanded_copy(prefix_stepper, len(batch_rows), device), prefix_len)
         results = _decode_batch(
             model,
-            [prompt_ids[i] for i, _ in batch_rows],
+            [prompt_ids[i][prefix_len:] for i, _ in batch_rows],
             cfg,
             stops,
             newline_ids,
             pad_id,
             device,
             gen,
+            prefilled=prefilled,
         )
         for (i, k), res in zip(batch_rows, results, strict=False):
             out[i][k] = res
@@ -257,6 +280,63 @@ def generate_ids(
         bar.update(len(batch_rows))
     bar.close()
     return out  # type: ignore[return-value]
+
+
+MIN_SHARED_PREFIX = 32  # below this, copying caches costs more than it saves
+
+
+def _shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens every prompt starts with, leaving at least one token of each prompt after it.
+
+    >>> _shared_prefix_len([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]])
+    2
+    """
+    if not prompts:
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def _equal_length_groups(rows, prompt_ids, prefix_len: int, batch_size: int) -> list[list]:
+    """Rows (sorted by length) cut into batches of at most `batch_size` equal-length suffixes."""
+    groups: list[list] = []
+    for r in rows:
+        length = len(prompt_ids[r[0]]) - prefix_len
+        last = groups[-1] if groups else None
+        if last and len(last) < batch_size and len(prompt_ids[last[0][0]]) - prefix_len == length:
+            last.append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
+def _prefill(model: Any, prefix: Sequence[int], device: Any):
+    """A one-row stepper whose KV cache holds `prefix`."""
+    stepper = _stepper(model, 1, True)
+    state = DecodeState(0, torch.zeros(1, dtype=torch.long, device=device),
+                        torch.tensor([len(prefix)], device=device), -1)  # fmt: skip
+    token_ = _STATE.set(state)
+    try:
+        stepper(torch.tensor([list(prefix)], device=device), torch.ones((1, len(prefix)),
+                dtype=torch.long, device=device))  # fmt: skip
+    finally:
+        _STATE.reset(token_)
+    return stepper
+
+
+def _expanded_copy(stepper: Any, rows: int, device: Any):
+    """A copy of a one-row stepper with its cache repeated `rows` times (the original kept)."""
+    import copy
+
+    twin = copy.copy(stepper)
+    twin.cache = copy.deepcopy(stepper.cache)
+    twin.expand(torch.zeros(rows, dtype=torch.long, device=device))
+    return twin
 
 
 def _shared_prompts(prompts: Sequence[Sequence[int]]) -> tuple[list, Int[Tensor, " rows"]]:
@@ -282,19 +362,28 @@ def _left_pad(prompts, pad_id) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return tokens, mask, pads, lengths
 
 
-def _decode_batch(model, prompts, cfg, stops, newline_ids, pad_id, device, gen) -> list[dict]:
+def _decode_batch(
+    model, prompts, cfg, stops, newline_ids, pad_id, device, gen, prefilled=None
+) -> list[dict]:
+    """Decode one batch. `prefilled`: (stepper, prefix length) whose cache already holds a
+    prefix shared by every row (`prompts` are then the equal-length suffixes after it)."""
     batch = len(prompts)
     # With the cache, rows that share a prompt (K samples) share one prompt pass: the cache is
     # then repeated row-wise. Without it every pass re-runs the sequence, so rows stay rows.
     first, index = prompts, None  # the prompt pass's rows; `index`: row -> its prompt-pass row
-    if cfg.use_cache and cfg.share_prompt_pass:
+    if cfg.use_cache and cfg.share_prompt_pass and prefilled is None:
         unique, shared = _shared_prompts(prompts)
         if len(unique) < batch:
             first, index = unique, shared
     tokens, mask, pads0, lengths0 = _left_pad(first, pad_id)
+    offset0 = 0
+    if prefilled is not None:
+        step_fn, offset0 = prefilled
+        lengths0 = lengths0 + offset0  # rows are prefix + suffix
+    else:
+        step_fn = _stepper(model, len(tokens), cfg.use_cache)
     pads = pads0 if index is None else pads0[index]
     lengths = lengths0 if index is None else lengths0[index]
-    step_fn = _stepper(model, len(tokens), cfg.use_cache)
 
     def forward(feed, feed_mask, offset, step, row_pads, row_lengths) -> Tensor:
         # Without the cache each pass re-runs the whole sequence from position 0.
@@ -307,8 +396,8 @@ def _decode_batch(model, prompts, cfg, stops, newline_ids, pad_id, device, gen) 
         finally:
             _STATE.reset(token_)
 
-    logits = forward(tokens.to(device), mask.to(device), 0, 0, pads0, lengths0)
-    offset = tokens.shape[1]
+    logits = forward(tokens.to(device), mask.to(device), offset0, 0, pads0, lengths0)
+    offset = offset0 + tokens.shape[1]
     if index is not None:
         step_fn.expand(index.to(device))
         logits = logits[index.to(logits.device)]

@@ -116,10 +116,13 @@ def model_extractions(
     batch_size: int = 32,
     progress: bool = True,
     checkpoint: str | Path | None = None,
+    share_prefix: bool = True,
 ) -> list[str]:
     """The paper's fallback: ask a model to extract the short answer (accepted only if substring).
 
     `checkpoint`: a JSONL file finished batches are appended to (a killed call resumes there).
+    `share_prefix`: the few-shot instruction every prompt starts with is run once and its KV
+    cache reused (`generate_ids(share_prefix=True)`); False runs every prompt in full.
     """
     if not pairs:
         return []
@@ -135,6 +138,7 @@ def model_extractions(
         progress=progress,
         desc="extract",
         checkpoint=checkpoint,
+        share_prefix=share_prefix,
     )
     return [clean_extraction(tok.decode(r[0]["answer_token_ids"])) for r in raw]
 
