@@ -339,6 +339,7 @@ def resample(
     extract_with_model: bool = False,
     progress: bool = True,
     locate: Locate = "blind",
+    checkpoint_dir: str | Path | None = None,
 ) -> Resampling:
     """K sampled answers per question (graded, located, clustered) next to the greedy one.
 
@@ -355,6 +356,8 @@ def resample(
         extract_with_model: the model-based exact-answer extraction fallback.
         progress: show progress bars.
         locate: "blind" or "paper": how exact answers are located (as for the greedy ones).
+        checkpoint_dir: where sampling appends its finished batches (`samples.ckpt/`,
+            `greedy.ckpt/`), so a killed call resumes with identical samples (None: off).
 
     Returns:
         The `Resampling`: one `SampleSet` per question, in the dataset's order.
@@ -378,13 +381,27 @@ def resample(
     if len(missing):
         greedy_cfg = GenerationConfig(**{**vars(base), "temperature": 0.0, "num_samples": 1})
         fresh = answer_questions(
-            model, missing, greedy_cfg, fmt, extract_with_model, progress, locate=locate
+            model,
+            missing,
+            greedy_cfg,
+            fmt,
+            extract_with_model,
+            progress,
+            locate=locate,
+            checkpoint_dir=Path(checkpoint_dir) / "greedy.ckpt" if checkpoint_dir else None,
         )
         by_key.update({(r["task"], r["id"]): r for r in fresh.records})
     sample_cfg = GenerationConfig(**{**vars(base), "temperature": temperature, "num_samples": k})
     # samples are located like the greedy answers they are compared with
     run = answer_questions(
-        model, dataset, sample_cfg, fmt, extract_with_model, progress, locate=locate
+        model,
+        dataset,
+        sample_cfg,
+        fmt,
+        extract_with_model,
+        progress,
+        locate=locate,
+        checkpoint_dir=Path(checkpoint_dir) / "samples.ckpt" if checkpoint_dir else None,
     )
     samples: dict[tuple[str, str], list[dict]] = {}
     for r in run.records:

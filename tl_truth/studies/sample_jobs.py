@@ -9,6 +9,7 @@ were made for the same questions and settings (`finished_samples`).
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,8 +207,11 @@ def resample_job(
             extract_with_model=options.model_extract,
             progress=options.progress,
             locate=run.summary.get("locate", "paper"),
+            checkpoint_dir=out,
         )
         res.save(out)  # the slow part is kept even if scoring below fails
+        for sub in ("greedy.ckpt", "samples.ckpt"):  # stored now: the checkpoints can go
+            shutil.rmtree(Path(out) / sub, ignore_errors=True)
     cell = {"hook": probe.hook, "position": probe.position}
     flat = [r for s in res.sets for r in (s.greedy, *s.samples)]
     if res.meta.get("probe") != cell | {"from_run": str(run_dir)} or any(
