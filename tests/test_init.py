@@ -22,7 +22,7 @@ PUBLIC = {
     "capture", "ActivationStore", "fit_probe_grid", "ProbeGrid", "Probe", "ProbeMismatchError",
     "evaluate_baselines", "score_records", "roc_auc", "bootstrap_auc_ci", "logit_scores",
     # intervention
-    "Direction", "from_probe", "random_like", "steer", "steering_hook", "probe_metric",
+    "Direction", "from_probe", "mass_mean", "contrastive", "random_like", "steer", "steering_hook", "probe_metric",
     "logit_metric", "patch_metrics",
     # studies
     "run", "ProbeReport", "resample", "Resampling", "select_answers", "SelectionResult",

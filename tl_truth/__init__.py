@@ -57,8 +57,10 @@ from tl_truth.config import (
 from tl_truth.data import QADataset, Question, load_questions, make_question
 from tl_truth.intervention import (
     Direction,
+    contrastive,
     from_probe,
     logit_metric,
+    mass_mean,
     patch_metrics,
     probe_metric,
     random_like,
@@ -137,7 +139,9 @@ __all__ = [
     "evaluate_baselines",
     "find_exact_answer",
     "fit_probe_grid",
+    "contrastive",
     "from_probe",
+    "mass_mean",
     "generalization_matrix",
     "generate",
     "grade",

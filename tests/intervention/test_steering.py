@@ -246,3 +246,32 @@ def test_steer_with_direction_uses_sd_units(tiny):
     with steer(tiny, d, alpha=4.0):
         steered = _resid(tiny, tokens, LAST)
     assert torch.allclose(steered, base + 2.0 * d.vector, atol=1e-5)
+
+
+def test_mass_mean_and_contrastive_recover_a_planted_direction():
+    """Anisotropic classes: the truth shift lies along u, while most variance (shared by both
+    classes) lies along w. Mass-mean and contrastive directions recover u; a logistic probe's
+    normal is tilted by the anisotropy (ITI's argument), and a random direction is not u."""
+    from tl_truth.intervention import contrastive, mass_mean, random_like
+    from tl_truth.probing import Probe
+
+    g = torch.Generator().manual_seed(0)
+    d, n = 16, 2000
+    u = torch.zeros(d)
+    u[0] = 1.0
+    w = torch.zeros(d)
+    w[0], w[1] = 0.6, 0.8  # correlated with u: the noise leaks into the probe's normal
+    y = torch.arange(n) % 2
+    base = torch.randn(n, d, generator=g) * 0.3 + torch.randn(n, 1, generator=g) * 2.0 * w
+    acts = base + y[:, None] * 1.0 * u
+    mm = mass_mean(acts, y, hook="blocks.0.hook_resid_post", layer=0)
+    assert float(mm.vector @ u) > 0.95 and mm.metadata["n_right"] == n // 2
+    pairs = contrastive(base[:50] + u, base[:50])
+    assert float(pairs.vector @ u) > 0.999
+    probe = Probe.from_data(acts, y, kind="logistic")
+    cos_probe = float(torch.nn.functional.cosine_similarity(probe.direction.float(), u, dim=0))
+    assert cos_probe < float(mm.vector @ u)
+    control = random_like(mm, n=1)[0]
+    assert abs(float(control.vector @ u)) < 0.6 and control.projection_std == mm.projection_std
+    with pytest.raises(ValueError, match="both right and wrong"):
+        mass_mean(acts, torch.ones(n))

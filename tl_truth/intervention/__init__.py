@@ -1,6 +1,13 @@
 """Intervention: directions, steering hooks, and the probe as an activation-patching metric."""
 
-from tl_truth.intervention.directions import Direction, from_probe, negated, random_like
+from tl_truth.intervention.directions import (
+    Direction,
+    contrastive,
+    from_probe,
+    mass_mean,
+    negated,
+    random_like,
+)
 from tl_truth.intervention.patching import (
     PatchResult,
     logit_metric,
@@ -14,8 +21,10 @@ __all__ = [
     "Direction",
     "PatchResult",
     "Steering",
+    "contrastive",
     "from_probe",
     "logit_metric",
+    "mass_mean",
     "negated",
     "patch_metrics",
     "patch_probe_and_logit",

@@ -147,6 +147,104 @@ def from_probe(probe: Any, acts: Float[Tensor, "n d"] | None = None) -> Directio
     )
 
 
+def mass_mean(
+    acts: Float[Tensor, "n d"],
+    labels: Tensor | Any,
+    hook: str | None = None,
+    layer: int | None = None,
+) -> Direction:
+    """The mass-mean shift: mean activation of right answers minus that of wrong ones.
+
+    ITI (Li et al. 2023, arXiv 2306.03341, Table 3 and Appendix B) found this direction steers
+    better than a probe's weight vector: with anisotropic classes the separating normal of a
+    probe is not the direction between the class means, and pushing along it moves
+    activations where the classes do not differ.
+
+    Args:
+        acts: [n, d] activations at one (hook, position) cell.
+        labels: [n] 1 = right answer, 0 = wrong.
+        hook, layer: where the activations come from (where `steer` will add it).
+
+    Returns:
+        A `Direction` (`source="mass_mean"`) towards "right", with the projection stats of
+        `acts` (so `alpha` in "sd" units means the same as for a probe direction) and the raw
+        distance between the class means in `metadata["mean_gap"]`.
+
+    Raises:
+        ValueError: a class is empty, or the means coincide.
+
+    >>> acts = torch.tensor([[2.0, 0.0], [4.0, 1.0], [0.0, 0.0], [0.0, 1.0]])
+    >>> d = mass_mean(acts, [1, 1, 0, 0], hook="blocks.0.hook_resid_post")
+    >>> d.source, [round(x, 3) for x in d.vector.tolist()], d.metadata["mean_gap"]
+    ('mass_mean', [1.0, 0.0], 3.0)
+    """
+    x = torch.as_tensor(acts).detach().float()
+    y = torch.as_tensor(labels).reshape(-1).bool()
+    if x.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"acts must be [n, d] with one label each, got {tuple(x.shape)}")
+    if not bool(y.any()) or bool(y.all()):
+        raise ValueError("mass_mean needs both right and wrong answers")
+    gap = x[y].mean(0) - x[~y].mean(0)
+    if float(gap.norm()) == 0.0:
+        raise ValueError("the class means coincide: no mass-mean direction")
+    mean, std = _projection_stats(gap / gap.norm(), x)
+    return Direction(
+        vector=gap,
+        hook=hook,
+        layer=layer,
+        source="mass_mean",
+        projection_std=std if std > 0 else 1.0,
+        projection_mean=mean,
+        metadata={
+            "mean_gap": float(gap.norm()),
+            "n_right": int(y.sum()),
+            "n_wrong": int((~y).sum()),
+        },
+    )
+
+
+def contrastive(
+    right: Float[Tensor, "n d"],
+    wrong: Float[Tensor, "n d"],
+    hook: str | None = None,
+    layer: int | None = None,
+) -> Direction:
+    """The contrastive (CAA-style, arXiv 2312.06681) direction: the mean over paired rows of
+    `right - wrong`, e.g. a question's right sample minus its wrong greedy answer, each at its
+    exact answer. Pairing removes what the two share (the question, the topic).
+
+    Args:
+        right, wrong: [n, d] paired activations (row i of each belongs to the same question).
+        hook, layer: where the activations come from.
+
+    Returns:
+        A `Direction` (`source="contrastive"`), projection stats measured on both sets
+        together; `metadata["n_pairs"]`.
+
+    >>> base = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    >>> d = contrastive(base + torch.tensor([0.0, 0.0, 2.0, 0.0]), base)
+    >>> d.source, [round(x, 3) for x in d.vector.tolist()], d.metadata["n_pairs"]
+    ('contrastive', [0.0, 0.0, 1.0, 0.0], 6)
+    """
+    a = torch.as_tensor(right).detach().float()
+    b = torch.as_tensor(wrong).detach().float()
+    if a.shape != b.shape or a.ndim != 2 or a.shape[0] == 0:
+        raise ValueError(f"right and wrong must be paired [n, d], got {a.shape} and {b.shape}")
+    diff = (a - b).mean(0)
+    if float(diff.norm()) == 0.0:
+        raise ValueError("the paired differences average to zero: no contrastive direction")
+    mean, std = _projection_stats(diff / diff.norm(), torch.cat([a, b]))
+    return Direction(
+        vector=diff,
+        hook=hook,
+        layer=layer,
+        source="contrastive",
+        projection_std=std if std > 0 else 1.0,
+        projection_mean=mean,
+        metadata={"n_pairs": int(a.shape[0]), "mean_gap": float(diff.norm())},
+    )
+
+
 def random_like(direction: Direction, n: int = 1, seed: int = 0) -> list[Direction]:
     """`n` random unit vectors at the same hook, as a control for steering along `direction`.
 
