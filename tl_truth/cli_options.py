@@ -16,6 +16,7 @@ from typing import Any
 
 from tl_truth.config import (
     BACKENDS,
+    DIRECTION_FAMILIES,
     SPLITS,
     UNITS,
     GeneralizeConfig,
@@ -266,6 +267,14 @@ def _steering(p: argparse.ArgumentParser, d: SteeringConfig) -> None:
         type=int,
         default=d.n_random,
         help="random directions per setting",
+    )
+    p.add_argument(
+        "--direction",
+        dest="steering.direction",
+        choices=DIRECTION_FAMILIES,
+        default=d.direction,
+        help="direction family at each refitted probe's cell: the probe's weight vector or "
+        "the mass-mean shift (right minus wrong class means)",
     )
     p.add_argument(
         "--hook",

@@ -253,6 +253,9 @@ class ProbeConfig:
         return NAMED_POSITIONS if self.positions is None else self.positions
 
 
+DIRECTION_FAMILIES = ("probe", "mass_mean")
+
+
 @dataclass(frozen=True)
 class SteeringConfig:
     """A steering sweep: layers x alphas, probe directions against random ones.
@@ -266,6 +269,9 @@ class SteeringConfig:
         units: "sd" or "abs".
         scope: which tokens are pushed (`all`, `prompt`, `last_prompt`, `generated`).
         n_random: norm-matched random directions per setting.
+        direction: the family steered along, at each refitted probe's cell: "probe" (the
+            logistic probe's weight vector) or "mass_mean" (mean of right minus mean of wrong
+            answers, ITI's direction). A saved probe (`--probe`) only gives "probe".
         hook_kind: the hook kind of the refitted probes (and of the run `steer` makes).
         train_limit: questions per dataset part for the run `steer` makes when it is given no
             probe and no run (None: all of them; the sweep itself answers `RunOptions.limit`
@@ -280,6 +286,7 @@ class SteeringConfig:
     units: Literal["sd", "abs"] = "sd"
     scope: Literal["all", "prompt", "last_prompt", "generated"] = "all"
     n_random: int = 5
+    direction: Literal["probe", "mass_mean"] = "probe"
     hook_kind: str = "resid_post"
     train_limit: int | None = None
 
@@ -293,6 +300,10 @@ class SteeringConfig:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         if self.hook_kind not in HOOK_KINDS:
             raise ValueError(f"hook_kind must be one of {HOOK_KINDS}, got {self.hook_kind!r}")
+        if self.direction not in DIRECTION_FAMILIES:
+            raise ValueError(
+                f"direction must be one of {DIRECTION_FAMILIES}, got {self.direction!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -275,3 +275,34 @@ def test_mass_mean_and_contrastive_recover_a_planted_direction():
     assert abs(float(control.vector @ u)) < 0.6 and control.projection_std == mm.projection_std
     with pytest.raises(ValueError, match="both right and wrong"):
         mass_mean(acts, torch.ones(n))
+
+
+def test_probes_from_store_mass_mean_family(tmp_path):
+    """`steer --direction mass_mean`: the direction at each refitted cell is the normalised
+    difference of the train split's class means there, the probe is still fitted."""
+    from tl_truth.intervention.store_probes import probes_from_store
+    from tl_truth.models import model_info
+    from tl_truth.probing import capture
+    from tl_truth.testing import tiny_model
+
+    model = tiny_model("llama")
+    records = [
+        {"id": str(i), "task": "demo", "split": "train" if i < 12 else "test",
+         "correct": i % 2 == 0, "prompt_token_ids": [1, 20 + i, 30, 40],
+         "answer_token_ids": [50 + i, 60]}
+        for i in range(16)
+    ]  # fmt: skip
+    store = capture(model, records, tmp_path, positions=["first_answer"], progress=False)
+    got = probes_from_store(
+        store, [1], "first_answer", expect_model=model_info(model), direction="mass_mean"
+    )
+    probe, direction = got[1]
+    x, rows = store.cell("blocks.1.hook_resid_post", "first_answer")
+    train = store.split_mask("train")[rows]
+    y = store.labels[rows][train].bool()
+    xt = x[train].float()
+    gap = xt[y].mean(0) - xt[~y].mean(0)
+    assert direction.source == "mass_mean" and probe.kind == "logistic"
+    torch.testing.assert_close(direction.vector, gap / gap.norm())
+    with pytest.raises(ValueError, match="mass_mean"):
+        probes_from_store(store, [1], "first_answer", direction="heads")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tl_truth.intervention.directions import Direction, from_probe
+from tl_truth.intervention.directions import Direction, from_probe, mass_mean
 from tl_truth.models import ModelInfo, hook_name
 from tl_truth.probing.activations import ActivationStore
 from tl_truth.probing.probe import Probe
@@ -23,6 +23,7 @@ def probes_from_store(
     hook_kind: str = "resid_post",
     split: str = "train",
     expect_model: ModelInfo | dict | None = None,
+    direction: str = "probe",
 ) -> dict[int, tuple[Probe, Direction]]:
     """layer -> (logistic probe at `blocks.{layer}.hook_{hook_kind}` / `position`, its direction).
 
@@ -38,6 +39,9 @@ def probes_from_store(
         split: the examples to fit on.
         expect_model: the model the directions will steer (`ModelInfo` or dict); None: not
             checked.
+        direction: "probe" (the probe's own direction, `from_probe`) or "mass_mean" (mean of
+            right minus mean of wrong answers on the same activations, `mass_mean`); the probe
+            is fitted either way (steering reports its score shift).
 
     Returns:
         layer -> (`Probe`, `Direction` with projection stats from the same activations).
@@ -84,5 +88,12 @@ def probes_from_store(
         )
         if expect_model is not None:
             probe.check_compatible(expect_model)
-        probes[layer] = (probe, from_probe(probe, x[keep]))
+        if direction == "mass_mean":
+            d = mass_mean(x[keep], labels[rows][keep], hook=hook, layer=layer)
+            d.metadata.update(position=position, model=store.model)
+        elif direction == "probe":
+            d = from_probe(probe, x[keep])
+        else:
+            raise ValueError(f"direction must be 'probe' or 'mass_mean', got {direction!r}")
+        probes[layer] = (probe, d)
     return probes

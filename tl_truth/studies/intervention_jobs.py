@@ -103,6 +103,11 @@ def steer_job(
     model = lazy.get()
     info = model_info(model)
     if probe is not None:
+        if steering.direction != "probe":
+            raise ValueError(
+                f"--direction {steering.direction} needs the activations of a run (--from-run "
+                "or --dataset), not a saved probe"
+            )
         p = _given_probe(probe, info)
         probes = {p.layer: (p, from_probe(p))}
     else:
@@ -118,7 +123,12 @@ def steer_job(
             else parse_layers(steering.layers, info.n_layers)
         )
         probes = probes_from_store(
-            store, layers, best["position"], hook_kind=steering.hook_kind, expect_model=info
+            store,
+            layers,
+            best["position"],
+            hook_kind=steering.hook_kind,
+            expect_model=info,
+            direction=steering.direction,
         )
     held_out = _questions(replace(options, limit=None)).test
     if options.limit:
@@ -138,6 +148,7 @@ def steer_job(
         "model": info.to_dict(),
         "dataset": options.dataset,
         "probe_position": next(iter(probes.values()))[0].position,
+        "direction": steering.direction,
     }
     result.save(options.out)
     return result

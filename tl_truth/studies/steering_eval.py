@@ -98,7 +98,7 @@ class SteeringResult(Result):
         beats = b["net_gain_over_random"] > 2 * sd and b["accuracy"] > self.baseline_accuracy
         verdict = "better than" if beats else "not clearly better than"
         return (
-            f"The probe direction is {verdict} random directions: best setting layer "
+            f"The {_family(b)} direction is {verdict} random directions: best setting layer "
             f"{b['layer']}, alpha {b['alpha']} ({self.units}) gives accuracy {b['accuracy']:.3f} "
             f"vs {r['accuracy_mean']:.3f} +- {sd:.3f} (mean +- SD over {r['n']} random "
             f"directions) and {self.baseline_accuracy:.3f} unsteered, on {self.n_questions} "
@@ -152,7 +152,8 @@ class SteeringResult(Result):
         ax.axhline(self.baseline_accuracy, color="k", ls="--", lw=1, label="unsteered")
         ax.set_xlabel(f"alpha ({self.units})")
         ax.set_ylabel("accuracy")
-        ax.set_title("Steering along the probe direction (bands: random directions, +-1 SD)")
+        family = _family(self.settings[0]) if self.settings else "probe"
+        ax.set_title(f"Steering along the {family} direction (bands: random directions, +-1 SD)")
         ax.legend(fontsize=8)
         return ax
 
@@ -201,6 +202,11 @@ _FIELDS = (
     "best",
     "conclusion",
 )
+
+
+def _family(setting: dict) -> str:
+    """How a setting's direction is named in text: "mass-mean" or "probe"."""
+    return "mass-mean" if setting.get("direction") == "mass_mean" else "probe"
 
 
 def steering_sweep(
@@ -280,6 +286,7 @@ def steering_sweep(
             setting = {
                 "layer": layer,
                 "hook": direction.hook,
+                "direction": direction.source,
                 "alpha": alpha,
                 "scope": scope,
                 **_rates(base, new),
