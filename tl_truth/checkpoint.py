@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +93,8 @@ class JsonlCheckpoint:
             return
         if self.path.exists():
             self._done = self._read()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.stat().st_size == 0 if self.path.exists() else True:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists() or self.path.stat().st_size == 0:
             self._write_line({"checkpoint": key})  # new, or killed before its header
 
     def _read(self) -> dict[int, list]:
@@ -109,7 +108,7 @@ class JsonlCheckpoint:
                 d = json.loads(raw)
             except ValueError:
                 if i >= len(lines) - 2:  # the torn last line of a killed writer
-                    self._truncate_to(b"".join(line + b"\n" for line in lines[:i]))
+                    self.path.write_bytes(b"".join(line + b"\n" for line in lines[:i]))
                     break
                 raise ValueError(f"{self.path}:{i + 1}: corrupt checkpoint line") from None
             if i == 0:
@@ -121,10 +120,6 @@ class JsonlCheckpoint:
                 continue
             done[int(d["batch"])] = d["items"]
         return done
-
-    def _truncate_to(self, content: bytes) -> None:
-        assert self.path is not None
-        self.path.write_bytes(content)
 
     def _write_line(self, d: dict) -> None:
         assert self.path is not None
@@ -145,10 +140,17 @@ class JsonlCheckpoint:
         self._write_line({"batch": batch, "items": items})
         maybe_die(self.stage)
 
-    def remove(self) -> None:
-        """Delete the file once its results are safely stored elsewhere."""
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
+    def get_or_compute(self, batch: int, compute: Callable[[], Any]) -> Any:
+        """The items of `batch`: from the file if it was finished before, else `compute()`d
+        now and appended.
+
+        >>> ck = JsonlCheckpoint(None, key="k")
+        >>> ck.get_or_compute(0, lambda: [1, 2]), ck.get_or_compute(0, lambda: [9])
+        ([1, 2], [1, 2])
+        """
+        if batch not in self._done:
+            self.append(batch, compute())
+        return self._done[batch]
 
 
 class RunLockedError(RuntimeError):

@@ -240,7 +240,6 @@ def generate_ids(
         ),
         stage=desc,
     )
-    done = ckpt.done()
     prefix_len = _shared_prefix_len(prompt_ids) if share_prefix and cfg.use_cache else 0
     if prefix_len < MIN_SHARED_PREFIX:
         prefix_len = 0
@@ -250,33 +249,32 @@ def generate_ids(
     prefix_stepper = None
     bar = tqdm(total=len(rows), desc=desc, disable=not progress, unit="ans")
     for b, batch_rows in enumerate(groups):
-        if b in done:  # finished before the run was killed: its results and random state
-            results = done[b]["results"]
-            gen.set_state(torch.tensor(done[b]["rng"], dtype=torch.uint8))
-            for (i, k), res in zip(batch_rows, results, strict=True):
-                out[i][k] = res
-            bar.update(len(batch_rows))
-            continue
-        prefilled = None
-        if prefix_len:
-            if prefix_stepper is None:
-                prefix_stepper = _prefill(model, prompt_ids[0][:prefix_len], device)
-            prefilled = (_expanded_copy(prefix_stepper, len(batch_rows), device), prefix_len)
-        results = _decode_batch(
-            model,
-            [prompt_ids[i][prefix_len:] for i, _ in batch_rows],
-            cfg,
-            stops,
-            newline_ids,
-            pad_id,
-            device,
-            gen,
-            prefilled=prefilled,
-        )
-        for (i, k), res in zip(batch_rows, results, strict=False):
+
+        def decode(batch_rows=batch_rows) -> dict:
+            prefilled = None
+            if prefix_len:
+                nonlocal prefix_stepper
+                if prefix_stepper is None:
+                    prefix_stepper = _prefill(model, prompt_ids[0][:prefix_len], device)
+                prefilled = (_expanded_copy(prefix_stepper, len(batch_rows), device), prefix_len)
+            results = _decode_batch(
+                model,
+                [prompt_ids[i][prefix_len:] for i, _ in batch_rows],
+                cfg,
+                stops,
+                newline_ids,
+                pad_id,
+                device,
+                gen,
+                prefilled=prefilled,
+            )
+            # the sampler's state after the batch, so a resumed run continues the same stream
+            return {"results": results, "rng": gen.get_state().tolist()}
+
+        item = ckpt.get_or_compute(b, decode)
+        gen.set_state(torch.tensor(item["rng"], dtype=torch.uint8))  # a no-op when just decoded
+        for (i, k), res in zip(batch_rows, item["results"], strict=True):
             out[i][k] = res
-        # one item per batch: its results and the sampler's state after it
-        ckpt.append(b, {"results": results, "rng": gen.get_state().tolist()})
         bar.update(len(batch_rows))
     bar.close()
     return out  # type: ignore[return-value]

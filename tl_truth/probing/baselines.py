@@ -15,6 +15,7 @@ Every score is "higher = more confident the answer is correct".
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,8 @@ from tqdm.auto import tqdm
 
 from tl_truth.answers.generation import tokenize_prompts
 from tl_truth.answers.prompts import PromptFormat, default_format
-from tl_truth.models import model_device
+from tl_truth.checkpoint import JsonlCheckpoint, batches, digest
+from tl_truth.models import model_device, model_info
 from tl_truth.probing.metrics import bootstrap_auc_ci, roc_auc
 
 LOGIT_SCORES = (
@@ -227,6 +229,7 @@ def p_true_scores(
     batch_size: int = 16,
     progress: bool = True,
     fmt: PromptFormat | None = None,
+    checkpoint: str | Path | None = None,
 ) -> np.ndarray:
     """p(True) per record: the model's own probability that its answer is true.
 
@@ -239,6 +242,8 @@ def p_true_scores(
         batch_size: prompts per forward pass.
         progress: show a progress bar.
         fmt: the prompt format (default `default_format(model)`: chat template if it has one).
+        checkpoint: a JSONL file each finished batch's scores are appended to; a killed call
+            resumes there without judging those answers again (None: off).
 
     Returns:
         [n] scores in (0, 1), higher = the model thinks its answer is more likely true.
@@ -256,20 +261,33 @@ def p_true_scores(
     fmt = fmt or default_format(model)
     letters = letter_token_ids(tok)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    n = len(records)
-    p_true = np.zeros((2, n))  # row 0: True is (A); row 1: True is (B)
-    n_batches = (n + batch_size - 1) // batch_size
-    for b in tqdm(range(n_batches), desc="p(True)", disable=not progress, unit="batch"):
-        rows = records[b * batch_size : (b + 1) * batch_size]
-        lo = b * batch_size
+    ckpt = JsonlCheckpoint(
+        checkpoint,
+        key=digest(
+            "p_true",
+            batch_size,
+            model_info(model).fingerprint,
+            [(r["question"], r["answer"]) for r in records],
+        ),
+        stage="p_true",
+    )
+
+    def judge(rows: Sequence[Mapping[str, Any]]) -> list[float]:
+        p_true = np.zeros((2, len(rows)))  # row 0: True is (A); row 1: True is (B)
         for k, true_first in enumerate((True, False)):
             texts = [
                 render_p_true_prompt(tok, fmt, r["question"], r["answer"], true_first) for r in rows
             ]
             ids = tokenize_prompts(tok, texts, fmt)
             p_a = _letter_probs(model, ids, letters, pad_id)
-            p_true[k, lo : lo + len(rows)] = p_a if true_first else 1.0 - p_a
-    return p_true.mean(axis=0)
+            p_true[k] = p_a if true_first else 1.0 - p_a
+        return p_true.mean(axis=0).tolist()
+
+    scores: list[float] = []
+    parts = list(batches(len(records), batch_size))
+    for b, start, end in tqdm(parts, desc="p(True)", disable=not progress, unit="batch"):
+        scores.extend(ckpt.get_or_compute(b, lambda s=start, e=end: judge(records[s:e])))
+    return np.asarray(scores, dtype=float)
 
 
 # ---------------------------------------------------------------------------------------------

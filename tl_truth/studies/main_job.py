@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from tl_truth.answers.exact_answer import Locate
 from tl_truth.answers.generation import GenerationConfig, same_generation_settings
@@ -30,9 +29,8 @@ from tl_truth.answers.run import (
     clear_checkpoints,
     relocate,
 )
-from tl_truth.checkpoint import JsonlCheckpoint, RunLock, batches, digest, maybe_die
+from tl_truth.checkpoint import RunLock, maybe_die
 from tl_truth.data.questions import QADataset
-from tl_truth.models import model_info
 from tl_truth.probing.activations import ActivationStore, capture, default_hooks
 from tl_truth.probing.baselines import evaluate_baselines, logit_scores, p_true_scores
 from tl_truth.probing.grid import ProbeGrid, fit_probe_grid
@@ -105,28 +103,6 @@ def select_cell(grid: ProbeGrid, positions: tuple[str, ...]) -> dict | None:
 
 
 P_TRUE_CHECKPOINT = "p_true.ckpt.jsonl"
-
-
-def _p_true_resumable(model: Any, records: list, checkpoint: Path | None, progress: bool):
-    """`p_true_scores` in chunks of whole batches, each appended to `checkpoint` when done.
-
-    p(True) judges records in fixed batches of 16 in order, so chunks of 64 give exactly the
-    scores of one call.
-    """
-    chunk = 64
-    key = digest(
-        "p_true", model_info(model).fingerprint, [(r["question"], r["answer"]) for r in records]
-    )
-    ckpt = JsonlCheckpoint(checkpoint, key=key, stage="p_true")
-    done = ckpt.done()
-    out: list[float] = []
-    for b, start, end in tqdm(
-        list(batches(len(records), chunk)), desc="p(True)", disable=not progress, unit="chunk"
-    ):
-        if b not in done:
-            ckpt.append(b, p_true_scores(model, records[start:end], progress=False).tolist())
-        out.extend(done[b])
-    return np.asarray(out, dtype=float)
 
 
 def probe_report(
@@ -204,11 +180,11 @@ def probe_report(
     if p_true:
         # Baselines are only evaluated on the test split: judge only those answers.
         test_rows = np.flatnonzero(test.numpy())
-        judged = _p_true_resumable(
+        judged = p_true_scores(
             model,
             [records[i] for i in test_rows],
-            Path(checkpoint_dir) / P_TRUE_CHECKPOINT if checkpoint_dir is not None else None,
-            progress,
+            progress=progress,
+            checkpoint=Path(checkpoint_dir) / P_TRUE_CHECKPOINT if checkpoint_dir else None,
         )
         scores["p_true"] = np.full(len(records), np.nan)
         scores["p_true"][test_rows] = judged
@@ -341,73 +317,67 @@ def run_all(
     """
     out = Path(out_dir)
     with RunLock(out):  # a second run on the same directory stops with the holder's name
-        return _run_all(
-            model, dataset, out, config, fmt, hooks, positions, n_boot, p_true,
-            extract_with_model, progress, locate, n_perm,
-        )  # fmt: skip
-
-
-def _run_all(
-    model, dataset, out, config, fmt, hooks, positions, n_boot, p_true, extract_with_model,
-    progress, locate, n_perm,
-) -> ProbeReport:  # fmt: skip
-    t0 = time.perf_counter()
-    config = config or GenerationConfig()
-    gen_file = out / "generations.jsonl"
-    if gen_file.exists() and _same_questions(gen_file, dataset):
-        run = AnswerRun.load(out)  # resume: generation is the slow part
-        if not same_generation_settings(run.summary.get("generation"), config):
-            raise ValueError(
-                f"{out} holds generations made with other settings "
-                f"({run.summary.get('generation')}); use another --out or delete it"
+        t0 = time.perf_counter()
+        config = config or GenerationConfig()
+        gen_file = out / "generations.jsonl"
+        if gen_file.exists() and _same_questions(gen_file, dataset):
+            run = AnswerRun.load(out)  # resume: generation is the slow part
+            if not same_generation_settings(run.summary.get("generation"), config):
+                raise ValueError(
+                    f"{out} holds generations made with other settings "
+                    f"({run.summary.get('generation')}); use another --out or delete it"
+                )
+            if run.summary.get("locate", "paper") != locate:
+                # same answers, another locator: locate again (no generation), keep the old file
+                old = run.summary.get("locate", "paper")
+                gen_file.replace(out / f"generations.locate-{old}.jsonl")
+                if (out / "activations").exists():  # captured at the old positions
+                    (out / "activations").replace(out / f"activations.locate-{old}")
+                run = relocate(model, dataset, run, locate, extract_with_model, config.batch_size)
+                run.save(out)
+        else:
+            # killed here, a re-run resumes from the batches checkpointed in `out`
+            run = answer_questions(
+                model,
+                dataset,
+                config,
+                fmt,
+                extract_with_model,
+                progress,
+                locate=locate,
+                checkpoint_dir=out,
             )
-        if run.summary.get("locate", "paper") != locate:
-            # same answers, another locator: locate again (no generation), keep the old file
-            old = run.summary.get("locate", "paper")
-            gen_file.replace(out / f"generations.locate-{old}.jsonl")
-            if (out / "activations").exists():  # captured at the old positions
-                (out / "activations").replace(out / f"activations.locate-{old}")
-            run = relocate(model, dataset, run, locate, extract_with_model, config.batch_size)
             run.save(out)
-    else:
-        # killed here, a re-run resumes from the batches checkpointed in `out`
-        run = answer_questions(
+            clear_checkpoints(out, [GENERATE_CHECKPOINT, EXTRACT_CHECKPOINT])
+        t_gen = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        store = capture(
             model,
-            dataset,
-            config,
-            fmt,
-            extract_with_model,
-            progress,
-            locate=locate,
+            run.records,
+            out / "activations",
+            hooks=[EMBED_HOOK, *[h for h in (hooks or default_hooks(model)) if h != EMBED_HOOK]],
+            positions=positions,
+            progress=progress,
+        )
+        t_cap = time.perf_counter() - t1
+        report = probe_report(
+            model,
+            run,
+            store,
+            n_boot=n_boot,
+            p_true=p_true,
+            progress=progress,
+            n_perm=n_perm,
             checkpoint_dir=out,
         )
-        run.save(out)
-        clear_checkpoints(out, [GENERATE_CHECKPOINT, EXTRACT_CHECKPOINT])
-    t_gen = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    store = capture(
-        model,
-        run.records,
-        out / "activations",
-        hooks=[EMBED_HOOK, *[h for h in (hooks or default_hooks(model)) if h != EMBED_HOOK]],
-        positions=positions,
-        progress=progress,
-    )
-    t_cap = time.perf_counter() - t1
-    report = probe_report(
-        model,
-        run,
-        store,
-        n_boot=n_boot,
-        p_true=p_true,
-        progress=progress,
-        n_perm=n_perm,
-        checkpoint_dir=out,
-    )
-    report.timings = {"generate_s": round(t_gen, 2), "capture_s": round(t_cap, 2), **report.timings}
-    save_report(report, out)
-    clear_checkpoints(out)
-    return report
+        report.timings = {
+            "generate_s": round(t_gen, 2),
+            "capture_s": round(t_cap, 2),
+            **report.timings,
+        }
+        save_report(report, out)
+        clear_checkpoints(out)
+        return report
 
 
 def _same_questions(gen_file: Path, dataset: QADataset) -> bool:
