@@ -147,6 +147,23 @@ def from_probe(probe: Any, acts: Float[Tensor, "n d"] | None = None) -> Directio
     )
 
 
+def _from_difference(
+    gap: Tensor, acts: Tensor, source: str, hook: str | None, layer: int | None, meta: dict
+) -> Direction:
+    """A direction along a non-zero difference of activations, with the projection stats of
+    `acts` (which differ along it, so their spread is positive) and the gap's length."""
+    mean, std = _projection_stats(gap / gap.norm(), acts)
+    return Direction(
+        vector=gap,
+        hook=hook,
+        layer=layer,
+        source=source,
+        projection_std=std,
+        projection_mean=mean,
+        metadata={**meta, "mean_gap": float(gap.norm())},
+    )
+
+
 def mass_mean(
     acts: Float[Tensor, "n d"],
     labels: Tensor | Any,
@@ -187,20 +204,8 @@ def mass_mean(
     gap = x[y].mean(0) - x[~y].mean(0)
     if float(gap.norm()) == 0.0:
         raise ValueError("the class means coincide: no mass-mean direction")
-    mean, std = _projection_stats(gap / gap.norm(), x)
-    return Direction(
-        vector=gap,
-        hook=hook,
-        layer=layer,
-        source="mass_mean",
-        projection_std=std if std > 0 else 1.0,
-        projection_mean=mean,
-        metadata={
-            "mean_gap": float(gap.norm()),
-            "n_right": int(y.sum()),
-            "n_wrong": int((~y).sum()),
-        },
-    )
+    meta = {"n_right": int(y.sum()), "n_wrong": int((~y).sum())}
+    return _from_difference(gap, x, "mass_mean", hook, layer, meta)
 
 
 def contrastive(
@@ -233,16 +238,8 @@ def contrastive(
     diff = (a - b).mean(0)
     if float(diff.norm()) == 0.0:
         raise ValueError("the paired differences average to zero: no contrastive direction")
-    mean, std = _projection_stats(diff / diff.norm(), torch.cat([a, b]))
-    return Direction(
-        vector=diff,
-        hook=hook,
-        layer=layer,
-        source="contrastive",
-        projection_std=std if std > 0 else 1.0,
-        projection_mean=mean,
-        metadata={"n_pairs": int(a.shape[0]), "mean_gap": float(diff.norm())},
-    )
+    meta = {"n_pairs": int(a.shape[0])}
+    return _from_difference(diff, torch.cat([a, b]), "contrastive", hook, layer, meta)
 
 
 def random_like(direction: Direction, n: int = 1, seed: int = 0) -> list[Direction]:
