@@ -20,7 +20,6 @@ The helpers (`json_safe`, `write_json`, `markdown_table`, `pyplot_axes`, `save_f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,6 +27,7 @@ from tl_truth.result_io import (
     json_safe,
     markdown_table,
     pyplot_axes,
+    read_json_file,
     save_figure,
     save_outputs,
     write_json,
@@ -303,4 +303,4 @@ class Result:
         True
         """
         path = Path(out_dir) / f"{cls.result_name}.json"
-        return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_dict(read_json_file(path))

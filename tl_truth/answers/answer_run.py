@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tl_truth.answers.record import AnswerRecord
+from tl_truth.result_io import read_json_file
 from tl_truth.results import Result, pyplot_axes
 
 GENERATIONS_FILE = "generations.jsonl"
@@ -173,7 +174,7 @@ class AnswerRun(Result):
         out = Path(out_dir)
         records = read_records(out / GENERATIONS_FILE)
         summary_path = out / SUMMARY_FILE
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        summary = read_json_file(summary_path) if summary_path.exists() else {}
         return cls(records, summary)
 
 

@@ -31,6 +31,7 @@ from tl_truth.answers.positions import NAMED_POSITIONS, PositionFn, resolve_posi
 from tl_truth.checkpoint import maybe_die
 from tl_truth.models import hook_name, model_device, model_info
 from tl_truth.probing.activation_store import META_FILE, STORE_VERSION, ActivationStore, _layer_of
+from tl_truth.result_io import read_json_file
 
 __all__ = [
     "META_FILE",
@@ -212,7 +213,7 @@ def capture(
     }
     meta_path = out / META_FILE
     if meta_path.exists():
-        old = json.loads(meta_path.read_text())
+        old = read_json_file(meta_path)
         if old != meta:
             diff = [k for k in meta if old.get(k) != meta[k]]
             raise ValueError(
