@@ -28,9 +28,10 @@ PUBLIC = {
     "run", "ProbeReport", "resample", "Resampling", "select_answers", "SelectionResult",
     "error_type_report", "ErrorTypeReport", "generalization_matrix", "GeneralizationResult",
     "patching_study", "PatchStudy", "steering_sweep", "SteeringResult", "knows_more_pairs",
+    "probe_guided_choice", "CorrectionResult",
     # config: the settings of every job (the `tl-truth` flags fill the same dataclasses)
     "RunOptions", "ProbeConfig", "SteeringConfig", "ResampleConfig", "SelectConfig",
-    "GeneralizeConfig", "PatchConfig",
+    "GeneralizeConfig", "PatchConfig", "CorrectConfig",
     # tiny random models for trying the library (and for doctests)
     "testing",
     "__version__",

@@ -17,8 +17,8 @@ One import covers the whole job, in the order the package is laid out::
 `tt.run(model, dataset, out_dir)` is the main job (`tl-truth run`): answers, activations,
 probe grid, baselines and controls, written as report.json / report.md / probe_grid.png.
 The studies (`resample`, `select_answers`, `error_type_report`, `generalization_matrix`,
-`patching_study`, `steering_sweep`) return results with `to_dataframe()`, `plot(ax=None)`,
-`save(dir)` and `load(dir)`. The settings of every job are the config dataclasses of
+`patching_study`, `steering_sweep`, `probe_guided_choice`) return results with
+`to_dataframe()`, `plot(ax=None)`, `save(dir)` and `load(dir)`. The settings of every job are the config dataclasses of
 `tl_truth.config` (`RunOptions`, `ProbeConfig`, `SteeringConfig`, ...), the same ones the
 `tl-truth` flags fill. `tt.testing.tiny_model("llama")` is a tiny random model (no download)
 to try any of this on:
@@ -46,6 +46,7 @@ from tl_truth.answers import (
     resolve_positions,
 )
 from tl_truth.config import (
+    CorrectConfig,
     GeneralizeConfig,
     PatchConfig,
     ProbeConfig,
@@ -82,6 +83,7 @@ from tl_truth.probing import (
     score_records,
 )
 from tl_truth.studies import (
+    CorrectionResult,
     ErrorTypeReport,
     GeneralizationResult,
     PatchStudy,
@@ -92,6 +94,7 @@ from tl_truth.studies import (
     error_type_report,
     generalization_matrix,
     patching_study,
+    probe_guided_choice,
     resample,
     select_answers,
     steering_sweep,
@@ -108,6 +111,8 @@ __all__ = [
     "NAMED_POSITIONS",
     "ActivationStore",
     "AnswerRun",
+    "CorrectConfig",
+    "CorrectionResult",
     "Direction",
     "ErrorTypeReport",
     "GeneralizationResult",
@@ -156,6 +161,7 @@ __all__ = [
     "parse_format",
     "patch_metrics",
     "patching_study",
+    "probe_guided_choice",
     "probe_metric",
     "random_like",
     "resample",

@@ -1,4 +1,4 @@
-"""`tl-truth` command line: generate, run, steer, resample, select, generalize, patch.
+"""`tl-truth` command line: generate, run, steer, resample, select, generalize, patch, correct.
 
 Each subcommand parses its flags into the configs of `tl_truth.config` (their defaults are the
 flags' defaults), calls its job in `tl_truth.studies.jobs` and prints the result. A flag's
@@ -20,6 +20,7 @@ from typing import Any
 from tl_truth.checkpoint import RunLock, RunLockedError
 from tl_truth.cli_options import (
     _FOR_ITS_RUN,
+    _correction,
     _Formatter,
     _generalization,
     _patching,
@@ -235,6 +236,31 @@ def cmd_patch(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     return 0
 
 
+def cmd_correct(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    """`tl-truth correct`: probe-guided answer choice (`jobs.correct_job`), print its table.
+
+    Args:
+        args: the parsed arguments (`build_parser`).
+        cfg: the job's configs (`configs_from_args(args)`).
+
+    Returns:
+        The exit status (0).
+
+    It loads the model `--model` names (a download), so the example is not run:
+
+    >>> args = build_parser().parse_args(["correct", "--from-run", "runs/latest", "--k", "5"])
+    >>> cmd_correct(args, configs_from_args(args))  # doctest: +SKIP
+    0
+    """
+    result = jobs.correct_job(**cfg, from_run=args.from_run, samples=args.samples)
+    print(_markdown(result))
+    out = Path(cfg["options"].out)
+    print(
+        f"Report: {out / 'correction.md'} (also correction.json, .png, correction_questions.jsonl)"
+    )
+    return 0
+
+
 def _subcommand(
     sub: Any, name: str, func: Callable[..., int], help: str, dataset_help: str = ""
 ) -> tuple[argparse.ArgumentParser, dict[str, Any]]:
@@ -349,6 +375,18 @@ def build_parser() -> argparse.ArgumentParser:
     _patching(pa, d["patching"])
     _resampling(pa, d["resampling"], note=" (without --samples)")
     _probing(pa, d["probing"], ("n_boot", "p_true", "locate", "n_perm"), _FOR_ITS_RUN)
+
+    co, d = _subcommand(
+        sub,
+        "correct",
+        cmd_correct,
+        "force k candidate answers, answer with the one the run's probe trusts most (vs greedy, "
+        "the most likely candidate and selection among samples, with CIs)",
+        dataset_help=" (default: the dataset the run answered)",
+    )
+    co.add_argument("--from-run", default=None, help="a finished `tl-truth run` directory")
+    co.add_argument("--samples", default=None, help="a `tl-truth resample` directory (optional)")
+    _correction(co, d["correction"])
     return parser
 
 

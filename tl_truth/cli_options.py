@@ -17,8 +17,10 @@ from typing import Any
 from tl_truth.config import (
     BACKENDS,
     DIRECTION_FAMILIES,
+    SLOTS,
     SPLITS,
     UNITS,
+    CorrectConfig,
     GeneralizeConfig,
     PatchConfig,
     ProbeConfig,
@@ -329,6 +331,36 @@ def _patching(p: argparse.ArgumentParser, d: PatchConfig) -> None:
         type=int,
         default=d.max_questions,
         help="at most this many questions; None: all",
+    )
+
+
+def _correction(p: argparse.ArgumentParser, d: CorrectConfig) -> None:
+    p.add_argument(
+        "--k", dest="correction.k", type=int, default=d.k, help="candidates per question"
+    )
+    p.add_argument(
+        "--slot",
+        dest="correction.slot",
+        choices=SLOTS,
+        default=d.slot,
+        help="where candidates branch off the greedy answer: at its exact answer (the text "
+        "before it kept) or at its start",
+    )
+    p.add_argument(
+        "--split", dest="correction.split", choices=SPLITS, default=d.split, help="questions"
+    )
+    p.add_argument(
+        "--position",
+        dest="correction.position",
+        default=d.position,
+        help="the probe's position (refitted at the run's layer); None: the run's selected one",
+    )
+    p.add_argument(
+        "--n-boot",
+        dest="correction.n_boot",
+        type=int,
+        default=d.n_boot,
+        help="bootstrap replicates for CIs",
     )
 
 

@@ -4,8 +4,8 @@
   every `tl-truth` subcommand takes them (`--model`, `--dataset`, `--limit`, `--out`, ...).
 * `ProbeConfig`: the probe grid of the main job (`tl-truth run`), also used for the run that
   `steer`, `resample`, `select`, `generalize` and `patch` make when they are given none.
-* `SteeringConfig`, `ResampleConfig`, `SelectConfig`, `GeneralizeConfig`, `PatchConfig`: one
-  per study.
+* `SteeringConfig`, `ResampleConfig`, `SelectConfig`, `GeneralizeConfig`, `PatchConfig`,
+  `CorrectConfig`: one per study.
 
 Generation itself is `tl_truth.answers.generation.GenerationConfig` (its defaults are the
 defaults here); `RunOptions.generation()` builds one. A subcommand's defaults are these
@@ -385,6 +385,46 @@ class PatchConfig:
             raise ValueError(f"hook_kind must be one of {HOOK_KINDS}, got {self.hook_kind!r}")
 
 
+SLOTS = ("exact", "start")
+
+
+@dataclass(frozen=True)
+class CorrectConfig:
+    """Probe-guided answer choice (`tl-truth correct`): candidates, forced and probe-scored.
+
+    Attributes:
+        k: candidates per question (the most likely vocabulary entries of a closed-vocabulary
+            task; the most likely first tokens, greedily completed, of a free-form one).
+        slot: where candidates branch off the greedy answer: "exact" (at its exact answer,
+            keeping the text before it; at the start when none was located) or "start".
+        split: the run's questions corrected ("test": the probe never trained on them).
+        position: the probe's position (None: the run's selected cell's); the probe is refitted
+            on the run's train split at the selected cell's layer and hook kind.
+        n_boot: bootstrap replicates for the CIs.
+        seed: the bootstrap seed.
+
+    >>> CorrectConfig(k=3).k, CorrectConfig().slot
+    (3, 'exact')
+    """
+
+    k: int = 5
+    slot: Literal["exact", "start"] = "exact"
+    split: Literal["test", "train", "all"] = "test"
+    position: str | None = None
+    n_boot: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.slot not in SLOTS:
+            raise ValueError(f"slot must be one of {SLOTS}, got {self.slot!r}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.position is not None and self.position not in NAMED_POSITIONS:
+            raise ValueError(f"position must be one of {NAMED_POSITIONS}, got {self.position!r}")
+
+
 _STUDY_OPTIONS = RunOptions(max_new_tokens=STUDY_MAX_NEW_TOKENS)
 # The run a study makes for itself is there for its probe: no p(True) baseline by default.
 _STUDY_PROBING = ProbeConfig(p_true=False)
@@ -417,6 +457,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "resampling": ResampleConfig(),
         "probing": _STUDY_PROBING,
     },
+    # the questions, prompts and answer length are the run's (`--from-run`)
+    "correct": {"options": replace(_STUDY_OPTIONS, dataset=None), "correction": CorrectConfig()},
 }
 COMMANDS = tuple(_DEFAULTS)
 

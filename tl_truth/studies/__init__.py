@@ -4,6 +4,8 @@ Each study returns a result dataclass with `to_dict`, `to_dataframe`, `to_markdo
 `plot(ax=None)`, `save(dir)` and `load(dir)`.
 """
 
+from tl_truth.studies.correction import probe_guided_choice
+from tl_truth.studies.correction_result import CorrectionResult
 from tl_truth.studies.error_types import ErrorTypeReport, error_type_report
 from tl_truth.studies.generalization import GeneralizationResult, generalization_matrix
 from tl_truth.studies.main_job import ProbeReport, probe_report, run_all
@@ -13,6 +15,7 @@ from tl_truth.studies.selection import SelectionResult, select_answers
 from tl_truth.studies.steering_eval import SteeringResult, steering_sweep
 
 __all__ = [
+    "CorrectionResult",
     "ErrorTypeReport",
     "GeneralizationResult",
     "PatchStudy",
@@ -25,6 +28,7 @@ __all__ = [
     "generalization_matrix",
     "load_study",
     "patching_study",
+    "probe_guided_choice",
     "probe_report",
     "resample",
     "run_all",

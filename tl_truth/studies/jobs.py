@@ -12,6 +12,7 @@ subcommand's default, `defaults(command)`), loads the model when it first needs 
 `select_job`         greedy vs random vs majority vs probe-chosen sample  -> `SelectionResult`
 `generalize_job`     train on task A, test on task B                      -> `GeneralizationResult`
 `patch_job`          patch right samples into wrong greedy answers        -> `PatchStudy`
+`correct_job`        the probe's choice among forced candidate answers    -> `CorrectionResult`
 ===================  =========================================================================
 
 Prerequisites. A job that needs a run (a probe and its activations) and is given none
@@ -21,16 +22,19 @@ itself resumes finished generations and activation shards): `steer` into `<out>/
 `SteeringConfig.train_limit` questions, capturing only the layers it steers when they are
 given), `resample` into `<out>/run`, `generalize` into `<out>`. `select` given a dataset and no
 samples resamples into `<out>` first, `patch` given no samples into `<out>/samples`.
-Finished samples and patched questions in the output directory are reused too.
+`correct` needs a finished run (`--from-run`) and makes none. Finished samples and patched
+questions in the output directory are reused too, and so are `correct`'s finished batches.
 
 Progress notes ("reusing ...") go to the `tl_truth.studies.jobs` logger at INFO level.
 
 The jobs live by family, and are all importable from here: `run_jobs` (generate, run,
 `ensure_run` / `finished_run`, generalize), `sample_jobs` (resample, select,
-`finished_samples`), `intervention_jobs` (steer, patch); `job_setup` holds what they share
-(the lazily loaded model, the subcommand defaults, `run_probe`).
+`finished_samples`), `intervention_jobs` (steer, patch), `correction_job` (correct);
+`job_setup` holds what they share (the lazily loaded model, the subcommand defaults,
+`run_probe`).
 """
 
+from tl_truth.studies.correction_job import correct_job
 from tl_truth.studies.intervention_jobs import patch_job, steer_job
 from tl_truth.studies.job_setup import (
     RUN_DIR,
@@ -57,6 +61,7 @@ __all__ = [
     "RUN_DIR",
     "SAMPLES_DIR",
     "ResampleResult",
+    "correct_job",
     "ensure_run",
     "finished_run",
     "finished_samples",

@@ -1,0 +1,235 @@
+"""The pieces of probe-guided answer choice: slots, candidate likelihoods, clauses, scores.
+
+`tl_truth.studies.correction` forces candidate answers and lets the correctness probe choose;
+these are its building blocks, each usable on its own: where candidates branch off a greedy
+answer (`answer_slot`), the log-likelihood of many continuations of one context with the
+context run once (`continuation_logprobs`), a free-form candidate's first clause
+(`clause_span`), the probe's decision values on forced answers (`probe_decisions`) and its
+pick among them (`probe_pick`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tl_truth.answers.decode_step import _stepper
+from tl_truth.answers.generation import _expanded_copy
+from tl_truth.answers.matching import fold_key
+from tl_truth.answers.positions import resolve_positions
+from tl_truth.config import SLOTS
+from tl_truth.models import model_device, model_info
+from tl_truth.probing.activations import capture_batch
+from tl_truth.probing.probe import Probe
+
+TIE_TOLERANCE = 1e-6  # probe decision values this close count as a tie
+_CLAUSE_END = re.compile(r"[.,;:!?](?=\s|$)|\n|\s\(")
+
+
+def answer_slot(record: dict, tokenizer: Any, slot: str = "exact") -> tuple[list[int], str]:
+    """Where the candidates of a question branch off its greedy answer.
+
+    Args:
+        record: the greedy answer (`generations.jsonl` record).
+        tokenizer: the model's tokenizer.
+        slot: "exact" (at the greedy exact answer's first token, when one was located) or
+            "start" (at the answer's start).
+
+    Returns:
+        `(prefix_ids, gap)`: the greedy answer tokens kept before the candidate, and the
+        characters between their text and the exact answer (e.g. the space that the exact
+        answer's first token carries), which a vocabulary candidate is preceded by.
+
+    >>> from tl_truth.testing import tiny_tokenizer
+    >>> tok = tiny_tokenizer()
+    >>> ids = tok("The capital of France is Paris.", add_special_tokens=False).input_ids
+    >>> rec = {"prompt_token_ids": [1, 2], "answer_token_ids": ids,
+    ...        "answer": tok.decode(ids), "exact_answer_char_span": [25, 30],
+    ...        "exact_answer_token_span": [2 + len(ids) - 2, 2 + len(ids) - 1]}
+    >>> prefix, gap = answer_slot(rec, tok)
+    >>> tok.decode(prefix), gap
+    ('The capital of France is', ' ')
+    >>> answer_slot(rec, tok, "start")
+    ([], '')
+    """
+    if slot not in SLOTS:
+        raise ValueError(f"slot must be one of {SLOTS}, got {slot!r}")
+    span, chars = record.get("exact_answer_token_span"), record.get("exact_answer_char_span")
+    if slot == "start" or not span or not chars:
+        return [], ""
+    prefix = list(record["answer_token_ids"][: span[0] - len(record["prompt_token_ids"])])
+    text = tokenizer.decode(prefix, clean_up_tokenization_spaces=False)
+    answer = record.get("answer", "")
+    if not answer.startswith(text) or len(text) > chars[0]:
+        return [], ""  # a token straddles the boundary: branch at the start instead
+    return prefix, answer[len(text) : chars[0]]
+
+
+@torch.no_grad()
+def continuation_logprobs(
+    model: Any,
+    context: Sequence[int],
+    continuations: Sequence[Sequence[int]],
+    batch_size: int = 32,
+) -> tuple[Float[Tensor, " vocab"], list[float]]:
+    """Log-probability of each continuation after `context`; the context runs once.
+
+    The context's KV cache is copied to each batch of continuations (right-padded), so
+    hundreds of vocabulary entries cost one short forward pass per batch.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        context: token ids (prompt + answer prefix), non-empty.
+        continuations: token ids of each continuation (each non-empty).
+        batch_size: continuations per forward pass.
+
+    Returns:
+        `(next_logprobs, sums)`: [vocab] log-probabilities of the token after the context, and
+        per continuation the sum of its tokens' log-probabilities.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> first, sums = continuation_logprobs(model, [1, 20, 30], [[40], [40, 50]])
+    >>> logits = model(torch.tensor([[1, 20, 30, 40, 50]]))[0].detach().log_softmax(-1)
+    >>> round(sums[1], 4) == round(float(logits[2, 40] + logits[3, 50]), 4)
+    True
+    >>> sums[0] == float(first[40])
+    True
+    """
+    if not context or any(len(c) == 0 for c in continuations):
+        raise ValueError("the context and every continuation need at least one token")
+    device = model_device(model)
+    stepper = _stepper(model, 1, True)
+    ctx = torch.tensor([list(context)], device=device)
+    first = torch.log_softmax(stepper(ctx, torch.ones_like(ctx))[0, -1].float(), -1).cpu()
+    pad = model.tokenizer.pad_token_id or 0
+    sums: list[float] = []
+    for start in range(0, len(continuations), batch_size):
+        chunk = continuations[start : start + batch_size]
+        total = [float(first[c[0]]) for c in chunk]
+        longer = [i for i, c in enumerate(chunk) if len(c) > 1]
+        if longer:
+            feed = [list(chunk[i][:-1]) for i in longer]  # predicts tokens 1.. of each
+            width = max(len(f) for f in feed)
+            tokens = torch.full((len(feed), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(feed), width), dtype=torch.long)
+            for r, f in enumerate(feed):
+                tokens[r, : len(f)] = torch.tensor(f)
+                mask[r, : len(f)] = 1
+            twin = _expanded_copy(stepper, len(feed), device)
+            logp = torch.log_softmax(twin(tokens.to(device), mask.to(device)).float(), -1).cpu()
+            for r, i in enumerate(longer):
+                rest = torch.tensor(list(chunk[i][1:]))
+                total[i] += float(logp[r, torch.arange(len(rest)), rest].double().sum())
+        sums.extend(total)
+    return first, sums
+
+
+def clause_span(answer: str, start: int) -> tuple[int, int] | None:
+    """The first clause of `answer[start:]` (a free-form candidate), as a character span.
+
+    Args:
+        answer: the forced answer's text.
+        start: where the candidate starts (the slot).
+
+    Returns:
+        `[s, e)` without surrounding whitespace, up to the first `.`, `,`, `;`, `:`, `!`, `?`
+        followed by a space or the end, a newline or an opening parenthesis; None if empty.
+
+    >>> text = "It is Cape Town, Namibia."
+    >>> s, e = clause_span(text, 5)
+    >>> text[s:e], clause_span("3.5 m. Yes", 0)
+    ('Cape Town', (0, 5))
+    """
+    rest = answer[start:]
+    m = _CLAUSE_END.search(rest)
+    piece = rest[: m.start()] if m else rest
+    s = start + len(piece) - len(piece.lstrip())
+    e = start + len(piece.rstrip())
+    return (s, e) if e > s else None
+
+
+def unique_answers(texts: Sequence[str], case_sensitive: bool = False) -> list[str]:
+    """The texts without repeats (accents, case and punctuation folded unless
+    `case_sensitive`), first spelling kept, in order; empty ones dropped.
+
+    >>> unique_answers(["Bogotá", "Bogota", "Lima", ""]), unique_answers(["In", "in"], True)
+    (['Bogotá', 'Lima'], ['In', 'in'])
+    """
+    seen: dict[str, str] = {}
+    for t in texts:
+        key = t if case_sensitive else fold_key(t)
+        if key and key not in seen:
+            seen[key] = t
+    return list(seen.values())
+
+
+def probe_pick(decisions: Sequence[float | None]) -> tuple[int | None, bool]:
+    """The candidate the probe picks (highest decision value; candidates most likely first).
+
+    Args:
+        decisions: the probe's decision value per candidate (None / NaN: not scored).
+
+    Returns:
+        `(index, tied)`: the first candidate within `TIE_TOLERANCE` of the best score (so a
+        tie goes to the more likely candidate) and whether several were; `(None, False)` when
+        no candidate was scored.
+
+    >>> probe_pick([0.2, 1.5, None]), probe_pick([0.7, 0.7]), probe_pick([None])
+    ((1, False), (0, True), (None, False))
+    """
+    scored = [(i, d) for i, d in enumerate(decisions) if d is not None and math.isfinite(d)]
+    if not scored:
+        return None, False
+    best = max(d for _, d in scored)
+    tied = [i for i, d in scored if d >= best - TIE_TOLERANCE]
+    return tied[0], len(tied) > 1
+
+
+@torch.no_grad()
+def probe_decisions(
+    model: Any, probe: Probe, records: Sequence[dict], batch_size: int = 32
+) -> list[float | None]:
+    """The probe's decision value (> 0: "correct") for each forced answer; None without its
+    position. Decision values, not probabilities: sigmoids saturate and would tie.
+
+    Args:
+        model: the model the probe was trained on (checked).
+        probe: the probe (its `hook` and `position` are read).
+        records: dicts with `prompt_token_ids`, `answer_token_ids`, `exact_answer_token_span`.
+        batch_size: records per padded forward pass.
+
+    Returns:
+        One float (or None) per record.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> probe = Probe("mean_diff", torch.ones(32), 0.0, torch.zeros(32), torch.ones(32),
+    ...               hook="blocks.1.hook_resid_post", position="exact_last")
+    >>> recs = [{"prompt_token_ids": [1, 5], "answer_token_ids": [7, 8],
+    ...          "exact_answer_token_span": [2, 3]},
+    ...         {"prompt_token_ids": [1, 5], "answer_token_ids": [7],
+    ...          "exact_answer_token_span": None}]
+    >>> d = probe_decisions(model, probe, recs)
+    >>> isinstance(d[0], float), d[1]
+    (True, None)
+    """
+    probe.check_compatible(model_info(model))
+    positions = resolve_positions([probe.position], records)
+    out: list[float | None] = [None] * len(records)
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        pos = positions[start : start + batch_size]
+        seqs = [list(r["prompt_token_ids"]) + list(r["answer_token_ids"]) for r in chunk]
+        acts = capture_batch(model, seqs, pos, [probe.hook])[:, 0, 0]
+        values = probe.decision_function(acts).tolist()
+        for i, ok in enumerate((pos[:, 0] >= 0).tolist()):
+            if ok:
+                out[start + i] = float(values[i])
+    return out
