@@ -97,6 +97,10 @@ OLD_DEFAULTS = {
         "options": _COMMON,
         "patching": {"layers": "all", "hook_kind": "resid_pre", "split": "test"},
     },
+    "correct": {
+        "options": {**_COMMON, "dataset": None, "max_new_tokens": 24},
+        "correction": {"k": 5, "slot": "exact", "split": "test", "position": None},
+    },
 }
 OLD_FLAGS = {
     "generate": "--no-model-extract --compat --quiet --threads 2 --device cpu --backend hooked",
@@ -108,6 +112,8 @@ OLD_FLAGS = {
     "generalize": "--from-run r --hooks resid_post --layers 4 --positions all --n-boot 100",
     "patch": "--samples s --from-run r --layers 0,16 --hook resid_post --split all "
     "--max-questions 2",
+    "correct": "--from-run r --samples s --k 3 --slot start --split all --position exact_last "
+    "--n-boot 100",
 }
 
 
@@ -273,6 +279,17 @@ def test_patch_without_samples_resamples_into_out_samples(monkeypatch, tmp_path)
         cli.main(["patch", "--dataset", "capitals", "--k", "5", "--out", str(tmp_path)])
     [(_, (options, resampling, from_run, _probing, _model), _)] = calls
     assert options.out == str(tmp_path / "samples") and resampling.k == 5 and from_run is None
+
+
+def test_correct_passes_its_run_and_samples_to_the_job(monkeypatch, tmp_path):
+    calls: list = []
+    patch_jobs(monkeypatch, "correct_job", record(calls, "correct"))
+    argv = ["correct", "--from-run", "r", "--samples", "s", "--k", "3", "--limit", "30"]
+    with pytest.raises(Stop):
+        cli.main([*argv, "--out", str(tmp_path)])
+    [(_, _, kw)] = calls
+    assert (kw["from_run"], kw["samples"], kw["correction"].k) == ("r", "s", 3)
+    assert kw["options"].limit == 30 and kw["options"].dataset is None
 
 
 def test_missing_datasets_names_the_hub_extra(monkeypatch, capsys):

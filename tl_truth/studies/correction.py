@@ -58,6 +58,8 @@ from tl_truth.studies.candidates import (
 from tl_truth.studies.correction_result import CorrectionResult, correction_result
 from tl_truth.studies.resampling import Resampling
 
+VOCAB_BATCH = 128  # vocabulary entries scored per forward pass (at least)
+
 
 class _Settings:
     """What every batch of questions shares (the model, probe and generation settings)."""
@@ -83,7 +85,8 @@ def _candidates(s: _Settings, q: Question, r: dict, vocab: Sequence[str]) -> tup
         texts = unique_answers(vocab, q.case_sensitive)
         ids = [s.tok(gap + t, add_special_tokens=False).input_ids for t in texts]
         keep = [i for i, x in enumerate(ids) if x]
-        _, sums = continuation_logprobs(s.model, context, [ids[i] for i in keep], s.batch_size)
+        rows = max(s.batch_size, VOCAB_BATCH)  # short rows after a shared cached context
+        _, sums = continuation_logprobs(s.model, context, [ids[i] for i in keep], rows)
         order = sorted(range(len(keep)), key=lambda j: -sums[j])[: s.k]
         info["n_vocabulary"] = len(texts)
         info["gold_in_vocabulary"] = any(grade(q, t).correct for t in texts)
