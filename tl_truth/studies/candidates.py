@@ -71,6 +71,49 @@ def answer_slot(record: dict, tokenizer: Any, slot: str = "exact") -> tuple[list
     return prefix, answer[len(text) : chars[0]]
 
 
+class _CachedContext:
+    """A context run once; batches of continuations then reuse copies of its KV cache."""
+
+    def __init__(self, model: Any, context: Sequence[int]):
+        if not context:
+            raise ValueError("the context needs at least one token")
+        self.model, self.device = model, model_device(model)
+        self.stepper = _stepper(model, 1, True)
+        ctx = torch.tensor([list(context)], device=self.device)
+        logits = self.stepper(ctx, torch.ones_like(ctx))[0, -1].float()
+        self.first = torch.log_softmax(logits, -1).cpu()  # the next token's log-probs
+        self.pad = model.tokenizer.pad_token_id or 0
+
+    def next_logprobs(self, prefixes: Sequence[Sequence[int]]) -> Float[Tensor, "m vocab"]:
+        """Log-probabilities of the token after each prefix (all of one length)."""
+        tokens = torch.tensor([list(p) for p in prefixes], device=self.device)
+        twin = _expanded_copy(self.stepper, len(prefixes), self.device)
+        return torch.log_softmax(twin(tokens, torch.ones_like(tokens))[:, -1].float(), -1).cpu()
+
+    def sums(self, conts: Sequence[Sequence[int]]) -> list[float]:
+        """Summed log-probabilities of one batch of continuations (one forward pass)."""
+        if any(len(c) == 0 for c in conts):
+            raise ValueError("every continuation needs at least one token")
+        total = [float(self.first[c[0]]) for c in conts]
+        longer = [i for i, c in enumerate(conts) if len(c) > 1]
+        if not longer:
+            return total
+        feed = [list(conts[i][:-1]) for i in longer]  # predicts tokens 1.. of each
+        width = max(len(f) for f in feed)
+        tokens = torch.full((len(feed), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(feed), width), dtype=torch.long)
+        for r, f in enumerate(feed):
+            tokens[r, : len(f)] = torch.tensor(f)
+            mask[r, : len(f)] = 1
+        twin = _expanded_copy(self.stepper, len(feed), self.device)
+        logits = twin(tokens.to(self.device), mask.to(self.device)).float()
+        logp = torch.log_softmax(logits, -1).cpu()
+        for r, i in enumerate(longer):
+            rest = torch.tensor(list(conts[i][1:]))
+            total[i] += float(logp[r, torch.arange(len(rest)), rest].double().sum())
+        return total
+
+
 @torch.no_grad()
 def continuation_logprobs(
     model: Any,
@@ -81,7 +124,7 @@ def continuation_logprobs(
     """Log-probability of each continuation after `context`; the context runs once.
 
     The context's KV cache is copied to each batch of continuations (right-padded), so
-    hundreds of vocabulary entries cost one short forward pass per batch.
+    many continuations cost one short forward pass per batch.
 
     Args:
         model: a HookedTransformer or TransformerBridge.
@@ -102,33 +145,76 @@ def continuation_logprobs(
     >>> sums[0] == float(first[40])
     True
     """
-    if not context or any(len(c) == 0 for c in continuations):
-        raise ValueError("the context and every continuation need at least one token")
-    device = model_device(model)
-    stepper = _stepper(model, 1, True)
-    ctx = torch.tensor([list(context)], device=device)
-    first = torch.log_softmax(stepper(ctx, torch.ones_like(ctx))[0, -1].float(), -1).cpu()
-    pad = model.tokenizer.pad_token_id or 0
+    cached = _CachedContext(model, context)
     sums: list[float] = []
     for start in range(0, len(continuations), batch_size):
-        chunk = continuations[start : start + batch_size]
-        total = [float(first[c[0]]) for c in chunk]
-        longer = [i for i, c in enumerate(chunk) if len(c) > 1]
-        if longer:
-            feed = [list(chunk[i][:-1]) for i in longer]  # predicts tokens 1.. of each
-            width = max(len(f) for f in feed)
-            tokens = torch.full((len(feed), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(feed), width), dtype=torch.long)
-            for r, f in enumerate(feed):
-                tokens[r, : len(f)] = torch.tensor(f)
-                mask[r, : len(f)] = 1
-            twin = _expanded_copy(stepper, len(feed), device)
-            logp = torch.log_softmax(twin(tokens.to(device), mask.to(device)).float(), -1).cpu()
-            for r, i in enumerate(longer):
-                rest = torch.tensor(list(chunk[i][1:]))
-                total[i] += float(logp[r, torch.arange(len(rest)), rest].double().sum())
-        sums.extend(total)
-    return first, sums
+        sums.extend(cached.sums(continuations[start : start + batch_size]))
+    return cached.first, sums
+
+
+@torch.no_grad()
+def top_continuations(
+    model: Any,
+    context: Sequence[int],
+    continuations: Sequence[Sequence[int]],
+    k: int,
+    batch_size: int = 32,
+) -> list[tuple[int, float]]:
+    """The k most likely continuations after `context`, exactly, running few of them.
+
+    Branch and bound, token by token: the log-probability of a continuation's first d tokens
+    bounds the whole (later tokens only lower it). Depth 1 comes free with the context's pass;
+    at each depth the continuations still alive get their next token's log-probability (the
+    most promising first, with no padding: all are fed their first d tokens), those that end
+    there are complete, and one whose bound is at most the k-th best complete one is dropped.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        context: token ids (prompt + answer prefix), non-empty.
+        continuations: token ids of each continuation (each non-empty).
+        k: how many to return.
+        batch_size: continuations per forward pass.
+
+    Returns:
+        `(index, log-probability)` of the top k continuations, most likely first.
+
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> conts = [[40, 50], [41], [42, 43, 44], [45, 46], [40, 51, 52]]
+    >>> _, sums = continuation_logprobs(model, [1, 20, 30], conts)
+    >>> top = top_continuations(model, [1, 20, 30], conts, k=2, batch_size=1)
+    >>> [i for i, _ in top] == sorted(range(5), key=lambda i: -sums[i])[:2]
+    True
+    """
+    if any(len(c) == 0 for c in continuations):
+        raise ValueError("every continuation needs at least one token")
+    cached = _CachedContext(model, context)
+    conts = [list(c) for c in continuations]
+    bound = [float(cached.first[c[0]]) for c in conts]
+    done = [(bound[i], i) for i, c in enumerate(conts) if len(c) == 1]
+    alive = [i for i, c in enumerate(conts) if len(c) > 1]
+
+    def kth() -> float:
+        return sorted(done, reverse=True)[k - 1][0] if len(done) >= k else -math.inf
+
+    depth = 1
+    while alive:
+        alive.sort(key=lambda i: -bound[i])
+        deeper = []
+        for start in range(0, len(alive), batch_size):
+            chunk = [i for i in alive[start : start + batch_size] if bound[i] > kth()]
+            if not chunk:  # sorted by bound: nothing later in this depth survives either
+                break
+            logp = cached.next_logprobs([conts[i][:depth] for i in chunk])
+            for row, i in enumerate(chunk):
+                bound[i] += float(logp[row, conts[i][depth]])
+                if len(conts[i]) == depth + 1:
+                    done.append((bound[i], i))  # complete: its bound is its log-probability
+                else:
+                    deeper.append(i)
+        alive, depth = deeper, depth + 1
+    done.sort(key=lambda t: (-t[0], t[1]))
+    return [(i, v) for v, i in done[:k]]
 
 
 def clause_span(answer: str, start: int) -> tuple[int, int] | None:

@@ -6,16 +6,19 @@ kept: "The capital of Namibia is ___"), or at the answer's start when no exact a
 located (or `slot="start"`). Then:
 
 * closed-vocabulary tasks (the task has an answer vocabulary, `QADataset.candidates_for`):
-  every vocabulary entry is scored by its log-likelihood continuing the slot (the context is
-  run once, its KV cache shared by all entries), and the top k are kept;
+  the k vocabulary entries most likely to continue the slot, found exactly without running
+  most of them (`top_continuations`: the context runs once, then a branch and bound on the
+  entries' token log-probabilities);
 * free-form tasks: the top-k first tokens at the slot, each forced and greedily completed; the
   candidate is the completion's first clause (up to `.`, `,`, `;`, `:`, `!`, `?`, a newline or
   a parenthesis).
 
 Every candidate is forced as the model's answer (the greedy prompt + slot prefix + candidate,
-greedily continued to the run's answer length, so positions after the exact answer exist too),
-its exact-answer tokens are the candidate's own tokens, and the probe reads its cell there
-(`capture_batch`, the candidates of several questions in one padded batch). A candidate is
+greedily continued as far as the probe's position reads: not at all for positions up to the
+exact answer, one token for `after_exact`, to the run's answer length for positions counted
+from the end; free-form candidates are always completed), its exact-answer tokens are the
+candidate's own tokens, and the probe reads its cell there (`capture_batch`, the candidates
+of several questions in one padded batch). A candidate is
 graded on its own text (`grade(question, candidate)`). `logit_choice` answers with the most
 likely candidate, `probe_choice` with the highest probe decision value (ties within 1e-6: the
 more likely one; no scored candidate: the most likely one, counted as a fallback).
@@ -53,12 +56,32 @@ from tl_truth.studies.candidates import (
     continuation_logprobs,
     probe_decisions,
     probe_pick,
+    top_continuations,
     unique_answers,
 )
 from tl_truth.studies.correction_result import CorrectionResult, correction_result
 from tl_truth.studies.resampling import Resampling
 
-VOCAB_BATCH = 128  # vocabulary entries scored per forward pass (at least)
+
+def tokens_read_after(position: str) -> int | None:
+    """How many answer tokens after the exact answer a probe at `position` reads.
+
+    A vocabulary candidate's forced answer is completed only that far: the model is causal,
+    so later tokens cannot change the activation the probe reads.
+
+    Args:
+        position: a named position.
+
+    Returns:
+        0 (up to the exact answer), 1 (`after_exact`) or None (counted from the answer's end:
+        the whole completion).
+
+    >>> tokens_read_after("exact_last"), tokens_read_after("after_exact"), tokens_read_after("-2")
+    (0, 1, None)
+    """
+    if position in ("last_prompt", "first_answer", "before_exact", "exact_first", "exact_last"):
+        return 0
+    return 1 if position == "after_exact" else None
 
 
 class _Settings:
@@ -68,6 +91,7 @@ class _Settings:
         self.model, self.probe, self.k, self.slot = model, probe, k, slot
         self.max_new, self.batch_size, self.stop_nl = max_new_tokens, batch_size, stop_at_newline
         self.tok = model.tokenizer
+        self.after = tokens_read_after(probe.position)
         self.banned = stop_token_ids(self.tok, model) | (
             _newline_token_ids(self.tok) if stop_at_newline else set()
         )
@@ -85,14 +109,12 @@ def _candidates(s: _Settings, q: Question, r: dict, vocab: Sequence[str]) -> tup
         texts = unique_answers(vocab, q.case_sensitive)
         ids = [s.tok(gap + t, add_special_tokens=False).input_ids for t in texts]
         keep = [i for i, x in enumerate(ids) if x]
-        rows = max(s.batch_size, VOCAB_BATCH)  # short rows after a shared cached context
-        _, sums = continuation_logprobs(s.model, context, [ids[i] for i in keep], rows)
-        order = sorted(range(len(keep)), key=lambda j: -sums[j])[: s.k]
+        top = top_continuations(s.model, context, [ids[i] for i in keep], s.k, s.batch_size)
         info["n_vocabulary"] = len(texts)
         info["gold_in_vocabulary"] = any(grade(q, t).correct for t in texts)
-        return [(texts[keep[j]], ids[keep[j]], sums[j]) for j in order], info
+        return [(texts[keep[j]], ids[keep[j]], lp) for j, lp in top], info
     first, _ = continuation_logprobs(s.model, context, [], s.batch_size)
-    ranked = [t for t in torch.argsort(first, descending=True).tolist()[: s.k + len(s.banned)]]
+    ranked = torch.argsort(first, descending=True)[: s.k + len(s.banned)].tolist()
     tokens = [t for t in ranked if t not in s.banned][: s.k]
     return [(None, [t], float(first[t])) for t in tokens], info
 
@@ -135,14 +157,20 @@ def _correct_batch(s: _Settings, items: Sequence[tuple[Question, dict, tuple]]) 
     prompts, budgets = [], []
     for (_, r, _), info, bs in zip(items, infos, begins, strict=True):
         for b in bs:
-            forced = list(r["prompt_token_ids"]) + info["prefix_ids"] + list(b[1])
-            prompts.append(forced)
-            budgets.append(max(0, s.max_new - len(info["prefix_ids"]) - len(b[1])))
+            prompts.append(list(r["prompt_token_ids"]) + info["prefix_ids"] + list(b[1]))
+            budget = max(0, s.max_new - len(info["prefix_ids"]) - len(b[1]))
+            if info["kind"] == "vocabulary" and s.after is not None:
+                budget = min(budget, s.after)  # the probe reads nothing later
+            budgets.append(budget)
     outs = [{"answer_token_ids": [], "token_logprobs": []} for _ in prompts]
-    if prompts and max(budgets) > 0:
+    todo = [j for j, b in enumerate(budgets) if b > 0]
+    if todo:
         cfg = GenerationConfig(max_new_tokens=max(budgets), batch_size=s.batch_size)
-        raw = generate_ids(s.model, prompts, cfg, stop_at_newline=s.stop_nl, progress=False)
-        outs = [o[0] for o in raw]
+        raw = generate_ids(
+            s.model, [prompts[j] for j in todo], cfg, stop_at_newline=s.stop_nl, progress=False
+        )
+        for j, o in zip(todo, raw, strict=True):
+            outs[j] = o[0]
     rows, cands, i = [], [], 0
     for (q, r, _), info, bs in zip(items, infos, begins, strict=True):
         mine = []
@@ -249,7 +277,9 @@ def probe_guided_choice(
     >>> import tl_truth as tt
     >>> from tl_truth.testing import tiny_model
     >>> model = tiny_model("llama")  # random weights: its answers are gibberish
-    >>> ds = tt.load_questions("capitals", limit=2)
+    >>> qs = [tt.make_question(c, f"What is the capital of {c}?", g, "capitals", "factual")
+    ...       for c, g in [("France", "Paris"), ("Italy", "Rome")]]
+    >>> ds = tt.QADataset("demo", qs, candidates=("Paris", "Lyon", "Rome", "Milan"))
     >>> run = tt.answer_questions(model, ds, tt.GenerationConfig(max_new_tokens=3),
     ...                           extract_with_model=False, progress=False)
     >>> probe = Probe("mean_diff", torch.ones(32), 0.0, torch.zeros(32), torch.ones(32),
