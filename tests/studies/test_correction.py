@@ -131,6 +131,37 @@ def test_candidates_hold_the_gold_when_it_is_in_the_likelihood_top_k():
             assert c["correct"] == (c["text"] == row_full["gold"])
 
 
+def test_candidates_branch_at_the_greedy_exact_answer():
+    from tl_truth.answers.generation import Generation, tokenize_prompts
+    from tl_truth.answers.prompts import QA
+    from tl_truth.answers.run import build_record
+
+    model = tiny_model("llama")
+    tok = model.tokenizer
+    ds = toy(["Paris", "Tokyo", "Berlin"])
+    records = []
+    for q in ds.questions:  # a greedy answer as the model might have written it
+        prompt = QA.render(tok, q.question)
+        (ids,) = tokenize_prompts(tok, [prompt], QA)
+        text = "The capital is Lyon."
+        answer_ids = tok(text, add_special_tokens=False).input_ids
+        gen = Generation(prompt, ids, answer_ids, tok.decode(answer_ids), [0.0] * 5, "eos")
+        exact = tt.find_exact_answer(q, gen.text, candidates=VOCAB)
+        records.append(build_record(q, gen, tok, exact, tt.grade(q, gen.text)))
+    res = choose(model, ds, records, flat_probe(model), k=3)
+    assert res.coverage["slot_at_exact_answer"] == 1.0
+    for row, r in zip(res.rows, records, strict=True):
+        assert row["slot"] == "exact" and row["prefix"].rstrip() == "The capital is"
+        for c in row["candidates"]:
+            assert c["answer"] == f"The capital is {c['text']}"  # exact_last: nothing after
+            s, e = c["exact_answer_token_span"]
+            full = r["prompt_token_ids"] + c["answer_token_ids"]
+            assert tok.decode(full[s:e]).strip() == c["text"]
+    start = choose(model, ds, records, flat_probe(model), k=3, slot="start")
+    assert {row["slot"] for row in start.rows} == {"start"}
+    assert all(c["answer"] == c["text"] for row in start.rows for c in row["candidates"])
+
+
 def test_free_form_candidates_branch_on_the_top_first_tokens():
     model = tiny_model("llama")
     ds = toy(["Paris", "Japan", "Rome"], vocab=())  # no vocabulary: free-form

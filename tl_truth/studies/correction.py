@@ -105,6 +105,9 @@ def _candidates(s: _Settings, q: Question, r: dict, vocab: Sequence[str]) -> tup
     prefix, gap = answer_slot(r, s.tok, s.slot)
     context = list(r["prompt_token_ids"]) + prefix
     info = {"prefix_ids": prefix, "gap": gap, "kind": "vocabulary" if vocab else "free_form"}
+    span = r.get("exact_answer_token_span")
+    at_exact = bool(span) and len(prefix) == span[0] - len(r["prompt_token_ids"])
+    info["slot"] = "exact" if s.slot == "exact" and at_exact else "start"
     if vocab:
         texts = unique_answers(vocab, q.case_sensitive)
         ids = [s.tok(gap + t, add_special_tokens=False).input_ids for t in texts]
@@ -205,6 +208,7 @@ def _row(q: Question, r: dict, info: dict, candidates: list, s: _Settings) -> di
         "question": q.question,
         "gold": q.gold,
         "kind": info["kind"],
+        "slot": info["slot"],
         "prefix": s.decode(info["prefix_ids"]),
         "n_vocabulary": info.get("n_vocabulary"),
         "gold_in_vocabulary": info.get("gold_in_vocabulary"),

@@ -142,6 +142,9 @@ def correction_result(
             float(values["oracle"][wrong].mean()) if wrong.any() else None
         ),
         "mean_candidates": float(np.mean([len(r["candidates"]) for r in rows])),
+        # branching at the greedy exact answer keeps the answer's form; at the start, the
+        # candidate is the whole answer (no exact answer was located in the greedy one)
+        "slot_at_exact_answer": float(np.mean([r.get("slot") == "exact" for r in rows])),
         "vocabulary_questions": len(vocab),
         "free_form_questions": len(rows) - len(vocab),
         "gold_in_vocabulary": (
@@ -354,7 +357,9 @@ class CorrectionResult(Result):
                 f"{c['greedy_wrong']} questions greedy got wrong: "
                 + ("n/a" if c["right_candidate_when_greedy_wrong"] is None
                    else f"{c['right_candidate_when_greedy_wrong']:.3f}")
-                + f"; {c['mean_candidates']:.2f} candidates per question"
+                + f"; {c['mean_candidates']:.2f} candidates per question, branching at the "
+                f"greedy exact answer for {c.get('slot_at_exact_answer', 0):.0%} of questions "
+                "(else at the answer's start)"
             )  # fmt: skip
         for name, t in self.transitions.items():
             lines.append(f"- {name}: {t['recovered']} recovered, {t['broken']} broken vs greedy")
@@ -363,7 +368,8 @@ class CorrectionResult(Result):
         if self.n_probe_ties:
             lines.append(
                 f"- {self.n_probe_ties} questions had several candidates with the best probe "
-                "score (the probe's position may precede the candidate): the more likely won."
+                "score (the probe's position precedes them, or they share that token, e.g. "
+                "the first token at `exact_first`): the more likely one won."
             )
         if self.n_probe_fallback:
             lines.append(
