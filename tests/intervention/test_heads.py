@@ -141,6 +141,7 @@ def test_units_and_norm_matched_controls():
         return float(total.norm())
 
     assert abs(resid_norm(ranked.steering(model, 3, alpha=7.0, units="abs")) - 7.0) < 1e-4
+    assert abs(ranked.push_norm(model, 3, 2.0, "sd") - resid_norm(steer)) < 1e-4
     for c in ranked.controls(model, 3, alpha=7.0, units="abs", n=2):
         assert abs(resid_norm(c) - 7.0) < 1e-4
     # "sd" controls: random z directions with each head's own projection SD; the i-th is

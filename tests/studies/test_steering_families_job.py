@@ -79,26 +79,19 @@ def make_samples(run, out):
     return Resampling(sets, {}).save(out)
 
 
-def _setup(root, poison: bool = False):
-    """The dataset, run and samples in `root`; poisoned: every test label flipped and every
-    test gold answer replaced by the tiny model's own answer (so the unsteered test accuracy
-    moves)."""
+def _setup(root, poison_with=None):
+    """The dataset, run and samples in `root`; `poison_with` (a clean run): every test label
+    flipped and every test gold answer replaced by the tiny model's own answer in that run (so
+    the unsteered test accuracy moves)."""
     from tl_truth.testing import tiny_model
 
     model = tiny_model("llama")
     root.mkdir(parents=True, exist_ok=True)
     data = write_dataset(root / "sums.jsonl")
-    if poison:
-        plain = answer_questions(
-            model,
-            load_questions(data),
-            GenerationConfig(max_new_tokens=2),
-            extract_with_model=False,
-            progress=False,
-        )
-        golds = {r["id"]: r["answer"].strip() for r in plain.records}
+    if poison_with is not None:
+        golds = {r["id"]: r["answer"].strip() for r in poison_with.records}
         data = write_dataset(root / "poisoned.jsonl", poison=True, golds=golds)
-    run = make_run(model, root / "run", data, flip_test=poison)
+    run = make_run(model, root / "run", data, flip_test=poison_with is not None)
     return model, data, run, make_samples(run, root / "samples")
 
 
@@ -154,7 +147,8 @@ def test_cli_steer_directions_writes_the_schema(tiny_setup, tmp_path, monkeypatc
     }
     for name, fam in doc["families"].items():
         sel, test = fam["selected"], fam["test"]
-        assert {"alpha", "scope", "validation_accuracy", "layer"} <= set(sel)
+        assert {"alpha", "push_norm", "scope", "validation_accuracy", "layer"} <= set(sel)
+        assert sel["push_norm"] > 0
         assert sel in fam["validation"]
         for key in ("accuracy", "ci", "recovery_rate", "recovery_ci", "break_rate", "break_ci"):
             assert key in test
@@ -200,7 +194,7 @@ def test_poisoned_test_labels_change_no_choice(tiny_setup, tmp_path):
         model, data, run, samples = setup
         opts = RunOptions(dataset=data, limit=4, out=str(out), max_new_tokens=2, quiet=True)
         cfg = SteeringConfig(
-            directions=FAMILIES, alphas="1", head_ks="2", n_random=1, n_validation=6
+            directions=FAMILIES, alphas="1", head_ks="2", n_random=0, n_validation=6
         )
         return steer_job(
             opts,
@@ -212,7 +206,7 @@ def test_poisoned_test_labels_change_no_choice(tiny_setup, tmp_path):
         )
 
     a = steer(tiny_setup, tmp_path / "clean")
-    b = steer(_setup(tmp_path / "poisoned", poison=True), tmp_path / "poisoned_out")
+    b = steer(_setup(tmp_path / "poisoned", poison_with=tiny_setup[2]), tmp_path / "poisoned_out")
     assert a.baseline["test_accuracy"] != b.baseline["test_accuracy"]  # the poison is real
     assert a.meta["validation_questions"] == b.meta["validation_questions"]
     assert a.meta["head_ranking"] == b.meta["head_ranking"]

@@ -167,6 +167,16 @@ class HeadDirections:
             scale = alpha / total if total > 0 else 0.0
         return [(name, scale * vec) for name, vec in sorted(per_hook.items())]
 
+    def push_norm(self, model: Any, k: int, alpha: float, units: Units = "sd") -> float:
+        """Norm of the residual-stream push of `steering(model, k, alpha, units)`: the W_O
+        images of the k shifts, summed ("abs": alpha itself)."""
+        if units == "abs":
+            return abs(alpha)
+        total = torch.zeros(model.cfg.d_model)
+        for h in self.top(k):
+            total += head_to_resid(model, h.layer, h.head, h.direction.scaled(alpha, "sd"))
+        return float(total.norm())
+
     def steering(
         self, model: Any, k: int, alpha: float, units: Units = "sd", scope: Scope = "all"
     ) -> Steering:

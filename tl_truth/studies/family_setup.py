@@ -107,6 +107,7 @@ def fit_families(
     sample_sets: Sequence[SampleSet] | None = None,
     expect_model: Any = None,
     seed: int = 0,
+    min_pairs: int = 3,
     progress: bool = False,
 ) -> tuple[dict[str, list[Candidate]], dict[str, str]]:
     """Each family's candidates, fitted on the train questions outside `validation`.
@@ -126,6 +127,7 @@ def fit_families(
         sample_sets: resampled questions (contrastive); None: contrastive is skipped.
         expect_model: checked against the store's model (`ModelInfo`).
         seed: the head ranking's split seed.
+        min_pairs: fewest contrastive pairs (fewer: the family is skipped).
         progress: show progress bars.
 
     Returns:
@@ -153,10 +155,12 @@ def fit_families(
                     skipped[family] = "no samples (give --samples or let steer resample)"
                     continue
                 pairs = knows_more_pairs([s for s in sample_sets if fit_ok(s.greedy)])
-                if not pairs:
+                if len(pairs) < min_pairs:
+                    # one pair's "SD" is its own gap: alpha in sd units would mean nothing
                     skipped[family] = (
-                        "no pairs: no fit question was answered wrong greedily and right in "
-                        f"one of its samples ({len(sample_sets)} resampled questions)"
+                        f"{'no' if not pairs else 'too few'} pairs: {len(pairs)} fit questions "
+                        f"(< {min_pairs}) were answered wrong greedily and right in one of "
+                        f"their samples ({len(sample_sets)} resampled questions)"
                     )
                     continue
                 dirs = contrastive_directions(
@@ -174,4 +178,9 @@ def fit_families(
             raise
         except ValueError as e:  # this family cannot be fitted here; the others go on
             skipped[family] = str(e)
+            if family in ("heads", "contrastive") and "exact" in str(e):
+                skipped[family] += (
+                    f" (read at {exact}: wrong answers need a located exact answer; a run "
+                    "with model extraction, the default, locates more)"
+                )
     return candidates, skipped

@@ -23,7 +23,8 @@ grid of absolute norms (for heads: the norm of the summed push into the residual
 the families are compared at matched absolute norm; its default (`abs_alphas`) is 1, 2, 4 and
 8 times the mass-mean shift's projection SD at the first steered layer, the same range in norm
 as the mass-mean's default SD grid. Given alphas replace these defaults (for every family, or
-per family).
+per family). Every setting tried records `push_norm`, the Euclidean norm of what it adds to the
+residual stream, so settings in "sd" units can be compared at matched absolute norm too.
 """
 
 from __future__ import annotations
@@ -96,6 +97,13 @@ class Candidate:
             rd = random_like(self.direction, i + 1, seed=seed)[i]
             return Steering([(rd.hook, rd.scaled(alpha, units))], scope)
         return self.heads.controls(model, self.k, alpha, units, scope, n=i + 1, seed=seed)[i]
+
+    def push_norm(self, model: Any, alpha: float, units: Units) -> float:
+        """The Euclidean norm of what `steering(...)` adds to the residual stream (for heads:
+        their W_O images summed), to compare families at matched absolute norm."""
+        if self.direction is not None:
+            return float(self.direction.scaled(alpha, units).norm())
+        return self.heads.push_norm(model, self.k, alpha, units)
 
     def describe(self) -> dict:
         """Where it acts: layer and hook, or k and the heads (JSON-ready)."""
@@ -331,6 +339,7 @@ def select_and_test(
                         {
                             **cand.describe(),
                             "alpha": float(alpha),
+                            "push_norm": cand.push_norm(model, float(alpha), units),
                             "scope": scope,
                             "validation_accuracy": acc,
                             "validation_gain": acc - float(base_val.mean()),

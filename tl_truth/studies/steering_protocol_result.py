@@ -7,7 +7,8 @@ Written as steering.json / .md / .png (`FamilySteeringResult.save`). The schema:
      "baseline": {"validation_accuracy", "test_accuracy", "test_ci"},
      "alphas": {family: [alpha, ...]},
      "families": {family: {
-         "selected": {"layer", "hook" | "k", "heads", "alpha", "scope", "validation_accuracy", ...},
+         "selected": {"layer", "hook" | "k", "heads", "alpha", "push_norm", "scope",
+                      "validation_accuracy", "validation_gain", ...},
          "validation": [every setting tried, same keys],
          "test": {"accuracy", "ci", "recovery_rate", "recovery_ci", "break_rate", "break_ci",
                   "n", "n_wrong_unsteered", "n_right_unsteered",
@@ -179,6 +180,7 @@ class FamilySteeringResult(Result):
                     "layer": s.get("layer"),
                     "k": s.get("k"),
                     "alpha": s["alpha"],
+                    "push_norm": s.get("push_norm"),
                     "scope": s["scope"],
                     "validation_accuracy": s["validation_accuracy"],
                     "accuracy": t["accuracy"],
@@ -208,6 +210,7 @@ class FamilySteeringResult(Result):
                     "family": name,
                     "where": f"layer {s['layer']}" if s.get("layer") is not None else f"k={s['k']}",
                     "alpha": f"{s['alpha']:g}",
+                    "push norm": _num(s.get("push_norm")),
                     "scope": s["scope"],
                     "validation acc": _num(s["validation_accuracy"]),
                     "test acc": _num(t["accuracy"]) + _ci(t["ci"]),
@@ -245,7 +248,7 @@ class FamilySteeringResult(Result):
         names = list(self.families)
         b = self.baseline
         if b.get("test_ci") and b["test_ci"][0] is not None:
-            ax.axhspan(*b["test_ci"], color="k", alpha=0.08)
+            ax.axhspan(*b["test_ci"], color="k", alpha=0.08, label="unsteered 95% CI")
         if b.get("test_accuracy") is not None:
             ax.axhline(b["test_accuracy"], color="k", ls="--", lw=1, label="unsteered")
         for i, name in enumerate(names):
