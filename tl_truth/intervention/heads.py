@@ -40,7 +40,11 @@ from tl_truth.probing.solver import _reduce, _refit, _standardise_stats
 
 
 def z_hook(layer: int) -> str:
-    """The hook holding each head's output before W_O (`blocks.{layer}.attn.hook_z`)."""
+    """The hook holding each head's output before W_O (`blocks.{layer}.attn.hook_z`).
+
+    >>> z_hook(3), attn_out_hook(3)
+    ('blocks.3.attn.hook_z', 'blocks.3.hook_attn_out')
+    """
     return f"blocks.{layer}.attn.hook_z"
 
 

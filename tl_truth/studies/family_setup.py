@@ -132,6 +132,20 @@ def fit_families(
 
     Returns:
         (family -> candidates, family -> why it was skipped).
+
+    >>> import tempfile
+    >>> from tl_truth.probing import capture
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> recs = [{"id": str(i), "task": "t", "split": "train", "correct": i % 2 == 0,
+    ...          "prompt_token_ids": [1, 20 + i, 30], "answer_token_ids": [50 + i % 3, 60],
+    ...          "exact_answer_token_span": [3, 4]} for i in range(20)]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     store = capture(model, recs, d, positions=["exact_last"], progress=False)
+    ...     cands, skipped = fit_families(model, ["mass_mean", "heads", "contrastive"], store,
+    ...                                   recs, [1], "exact_last", [("t", "0")], head_ks=[2])
+    >>> [(c.family, c.layer, c.k) for f in cands for c in cands[f]], list(skipped)
+    ([('mass_mean', 1, None), ('heads', None, 2)], ['contrastive'])
     """
     left_out = set(map(tuple, validation))
     exact = exact_position(position)

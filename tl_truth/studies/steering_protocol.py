@@ -147,6 +147,18 @@ def generation_answer(
 
     Returns:
         An `AnswerFn` for `select_and_test`.
+
+    >>> import torch
+    >>> from tl_truth.answers.run import answer_questions
+    >>> from tl_truth.data.questions import make_question
+    >>> from tl_truth.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> qs = QADataset("d", [make_question("1", "What is 1 + 1?", "2", "t", "t")])
+    >>> answer = generation_answer(model, lambda q: answer_questions(
+    ...     model, q, extract_with_model=False, progress=False).records)
+    >>> d = Direction(torch.ones(32), hook="blocks.1.hook_resid_post", layer=1)
+    >>> answer(qs, None), answer(qs, Setting(Candidate("probe", 1, d), alpha=4.0, scope="all"))
+    ([False], [False])
     """
 
     def answer(questions: QADataset, setting: Setting | None) -> list[bool]:
