@@ -18,6 +18,7 @@ from tl_truth import cli
 from tl_truth.config import (
     ALL_TASKS,
     COMMANDS,
+    SWEEP_ALPHAS,
     ProbeConfig,
     RunOptions,
     SteeringConfig,
@@ -70,7 +71,9 @@ OLD_DEFAULTS = {
         "options": {**_COMMON, "max_new_tokens": 24},
         "steering": {
             "layers": None,
-            "alphas": (2.0, 4.0, 8.0),
+            # None since --directions: the sweep still uses 2, 4, 8 (SWEEP_ALPHAS, pinned in
+            # test_sweep_alphas_default_is_unchanged); each family has its own default grid
+            "alphas": None,
             "units": "sd",
             "scope": "all",
             "n_random": 5,
@@ -183,6 +186,20 @@ def test_configs_reject_bad_values():
     with pytest.raises(ValueError, match="units"):
         SteeringConfig(units="px")
     assert cli.main(["run", "--hooks", "nope", "--out", "/nonexistent"]) == 2
+
+
+def test_sweep_alphas_default_is_unchanged():
+    assert SWEEP_ALPHAS == (2.0, 4.0, 8.0)
+    cfg = parse(
+        ["steer", "--directions", "probe,heads", "--ks", "2,8", "--scopes", "all,generated"]
+    )
+    assert cfg["steering"].directions == ("probe", "heads")
+    assert cfg["steering"].head_ks == (2, 8) and cfg["steering"].scopes == ("all", "generated")
+    assert cfg["resampling"].k == 10  # the contrastive family's samples
+    with pytest.raises(ValueError, match="directions"):
+        SteeringConfig(directions="probe,nope")
+    with pytest.raises(ValueError, match="unknown family"):
+        SteeringConfig(family_alphas="nope=1")
 
 
 def test_run_options_for_a_command():

@@ -122,7 +122,7 @@ def cmd_steer(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     >>> cmd_steer(args, configs_from_args(args))  # doctest: +SKIP
     0
     """
-    result = jobs.steer_job(**cfg, probe=args.probe, from_run=args.from_run)
+    result = jobs.steer_job(**cfg, probe=args.probe, from_run=args.from_run, samples=args.samples)
     print(_markdown(result))
     out = Path(cfg["options"].out)
     print(f"Report: {out / 'steering.md'} (also steering.json, steering.png)")
@@ -301,7 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a `tl-truth run` output directory (with neither, a run is made in OUT/run)",
     )
+    st.add_argument(
+        "--samples",
+        default=None,
+        help="a `tl-truth resample` directory for the contrastive family (None: its train "
+        "questions answered wrong are resampled into OUT/contrastive_samples)",
+    )
     _steering(st, d["steering"])
+    _resampling(st, d["resampling"], " (contrastive family, without --samples)")
     _probing(st, d["probing"], ("n_boot", "p_true", "locate", "n_perm"), _FOR_ITS_RUN)
 
     rs, d = _subcommand(

@@ -19,6 +19,7 @@ from tl_truth.config import (
     DIRECTION_FAMILIES,
     SLOTS,
     SPLITS,
+    STEERING_FAMILIES,
     UNITS,
     CorrectConfig,
     GeneralizeConfig,
@@ -251,7 +252,8 @@ def _steering(p: argparse.ArgumentParser, d: SteeringConfig) -> None:
         "--alphas",
         dest="steering.alphas",
         default=_csv(d.alphas),
-        help="strengths, comma-separated",
+        help="strengths, comma-separated; None: 2,4,8 for the sweep, each family's default "
+        "grid with --directions (steering_protocol)",
     )
     p.add_argument(
         "--units",
@@ -277,6 +279,46 @@ def _steering(p: argparse.ArgumentParser, d: SteeringConfig) -> None:
         default=d.direction,
         help="direction family at each refitted probe's cell: the probe's weight vector or "
         "the mass-mean shift (right minus wrong class means)",
+    )
+    p.add_argument(
+        "--directions",
+        dest="steering.directions",
+        default=_csv(d.directions),
+        help=f"families to compare on held-out data ({','.join(STEERING_FAMILIES)}): each "
+        "family's setting is chosen on --n-validation train questions, then tested once; "
+        "None: the single-family sweep of --direction",
+    )
+    p.add_argument(
+        "--family-alphas",
+        dest="steering.family_alphas",
+        default=None,
+        help="per-family alpha grids with --directions, e.g. 'probe=4,16;heads=5,10'",
+    )
+    p.add_argument(
+        "--scopes",
+        dest="steering.scopes",
+        default=_csv(d.scopes),
+        help="scopes --directions chooses among (None: --scope)",
+    )
+    p.add_argument(
+        "--ks",
+        dest="steering.head_ks",
+        default=_csv(d.head_ks),
+        help="numbers of attention heads the heads family chooses among",
+    )
+    p.add_argument(
+        "--n-validation",
+        dest="steering.n_validation",
+        type=int,
+        default=d.n_validation,
+        help="train questions held out of the directions' fit to choose settings on",
+    )
+    p.add_argument(
+        "--protocol-seed",
+        dest="steering.seed",
+        type=int,
+        default=d.seed,
+        help="seeds the validation split, the random directions and the bootstrap",
     )
     p.add_argument(
         "--hook",

@@ -254,46 +254,105 @@ class ProbeConfig:
 
 
 DIRECTION_FAMILIES = ("probe", "mass_mean")
+# The families `steer --directions` compares on held-out data (`tl_truth.studies.steering_protocol`).
+STEERING_FAMILIES = ("probe", "mass_mean", "contrastive", "heads")
+# The single-family sweep's alphas when none are given.
+SWEEP_ALPHAS = (2.0, 4.0, 8.0)
+
+
+def _family_alphas(value: Any) -> tuple[tuple[str, tuple[float, ...]], ...] | None:
+    """ "probe=4,16;heads=5,10" (or a dict) -> (("probe", (4.0, 16.0)), ("heads", (5.0, 10.0)))."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items = []
+        for part in value.split(";"):
+            if not part.strip():
+                continue
+            name, sep, grid = part.partition("=")
+            if not sep:
+                raise ValueError(
+                    f"family alphas must look like 'probe=4,16;heads=5,10', got {value!r}"
+                )
+            items.append((name.strip(), grid))
+    else:
+        items = list(value.items()) if isinstance(value, dict) else list(value)
+    out = []
+    for name, grid in items:
+        if name not in STEERING_FAMILIES:
+            raise ValueError(
+                f"unknown family {name!r} in family alphas; choose from {STEERING_FAMILIES}"
+            )
+        grid = grid.split(",") if isinstance(grid, str) else grid
+        out.append((name, tuple(float(a) for a in grid)))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
 class SteeringConfig:
-    """A steering sweep: layers x alphas, probe directions against random ones.
+    """Steering: a sweep of one direction family, or several families compared on held-out data.
+
+    Without `directions`: the single-family sweep (`steering_sweep`: every layer x alpha on
+    the test questions, against random directions). With `directions`: the held-out protocol
+    (`tl_truth.studies.steering_protocol`): each family's layer, alpha, scope (and k for heads)
+    are chosen on `n_validation` questions carved from train, then evaluated once on test.
 
     Attributes:
         layers: where to steer with a probe refitted on a run's train split (None: the run's
             best layer; with a saved probe, its own layer). The probe sits at `hook_kind` of
-            each layer and at the run's best position.
+            each layer and at the run's best position. The heads family ranks the heads of
+            these layers (None: of every layer).
         alphas: strengths (a comma-separated string is accepted), in standard deviations of
-            the activations' projection (`units="sd"`) or absolute (`"abs"`).
+            the activations' projection (`units="sd"`) or absolute (`"abs"`). None: 2, 4, 8
+            for the sweep; each family's default grid for `directions`
+            (`tl_truth.studies.steering_protocol`), given alphas replace it for every family.
         units: "sd" or "abs".
         scope: which tokens are pushed (`all`, `prompt`, `last_prompt`, `generated`).
-        n_random: norm-matched random directions per setting.
-        direction: the family steered along, at each refitted probe's cell: "probe" (the
-            logistic probe's weight vector) or "mass_mean" (mean of right minus mean of wrong
-            answers, ITI's direction). A saved probe (`--probe`) only gives "probe".
+        n_random: norm-matched random directions per setting (per chosen setting with
+            `directions`).
+        direction: the family of the single-family sweep, at each refitted probe's cell:
+            "probe" (the logistic probe's weight vector) or "mass_mean" (mean of right minus
+            mean of wrong answers, ITI's direction). A saved probe (`--probe`) only gives "probe".
         hook_kind: the hook kind of the refitted probes (and of the run `steer` makes).
         train_limit: questions per dataset part for the run `steer` makes when it is given no
             probe and no run (None: all of them; the sweep itself answers `RunOptions.limit`
             held-out test questions).
+        directions: families for the held-out protocol (`STEERING_FAMILIES`, a comma-separated
+            string is accepted); None: the single-family sweep of `direction`.
+        family_alphas: per-family alpha grids, "probe=4,16;heads=5,10" (override `alphas`).
+        scopes: scopes the protocol chooses among (None: `scope` only).
+        head_ks: numbers of heads the heads family chooses among.
+        n_validation: questions carved from the run's train questions to choose settings on
+            (they are left out of every direction's fit).
+        seed: seeds the validation split, the random directions and the bootstrap.
 
     >>> SteeringConfig(alphas="2,4", layers=[3]).alphas
     (2.0, 4.0)
+    >>> cfg = SteeringConfig(directions="probe,heads", family_alphas="heads=5,10")
+    >>> cfg.directions, cfg.family_alphas
+    (('probe', 'heads'), (('heads', (5.0, 10.0)),))
     """
 
     layers: LayerSpec | None = None
-    alphas: tuple[float, ...] = (2.0, 4.0, 8.0)
+    alphas: tuple[float, ...] | None = None
     units: Literal["sd", "abs"] = "sd"
     scope: Literal["all", "prompt", "last_prompt", "generated"] = "all"
     n_random: int = 5
     direction: Literal["probe", "mass_mean"] = "probe"
     hook_kind: str = "resid_post"
     train_limit: int | None = None
+    directions: tuple[str, ...] | None = None
+    family_alphas: tuple[tuple[str, tuple[float, ...]], ...] | None = None
+    scopes: tuple[str, ...] | None = None
+    head_ks: tuple[int, ...] = (4, 16)
+    n_validation: int = 40
+    seed: int = 0
 
     def __post_init__(self) -> None:
         _set(self, "layers", _layer_spec(self.layers))
-        alphas = self.alphas.split(",") if isinstance(self.alphas, str) else self.alphas
-        _set(self, "alphas", tuple(float(a) for a in alphas))
+        if self.alphas is not None:
+            alphas = self.alphas.split(",") if isinstance(self.alphas, str) else self.alphas
+            _set(self, "alphas", tuple(float(a) for a in alphas))
         if self.units not in UNITS:
             raise ValueError(f"units must be one of {UNITS}, got {self.units!r}")
         if self.scope not in SCOPES:
@@ -304,6 +363,23 @@ class SteeringConfig:
             raise ValueError(
                 f"direction must be one of {DIRECTION_FAMILIES}, got {self.direction!r}"
             )
+        if self.directions is not None:
+            _set(self, "directions", _strings(self.directions))
+            bad = [f for f in self.directions if f not in STEERING_FAMILIES]
+            if bad or not self.directions:
+                raise ValueError(f"directions must be among {STEERING_FAMILIES}, got {bad or '()'}")
+        _set(self, "family_alphas", _family_alphas(self.family_alphas))
+        if self.scopes is not None:
+            _set(self, "scopes", _strings(self.scopes))
+            bad = [s for s in self.scopes if s not in SCOPES]
+            if bad or not self.scopes:
+                raise ValueError(f"scopes must be among {SCOPES}, got {bad or '()'}")
+        ks = self.head_ks.split(",") if isinstance(self.head_ks, str) else self.head_ks
+        _set(self, "head_ks", tuple(int(k) for k in ks))
+        if not self.head_ks or min(self.head_ks) < 1:
+            raise ValueError(f"head_ks must be positive, got {self.head_ks}")
+        if self.n_validation < 1:
+            raise ValueError(f"n_validation must be >= 1, got {self.n_validation}")
 
 
 @dataclass(frozen=True)
@@ -432,7 +508,12 @@ _STUDY_PROBING = ProbeConfig(p_true=False)
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "generate": {"options": RunOptions()},
     "run": {"options": RunOptions(), "probing": ProbeConfig()},
-    "steer": {"options": _STUDY_OPTIONS, "steering": SteeringConfig(), "probing": _STUDY_PROBING},
+    "steer": {
+        "options": _STUDY_OPTIONS,
+        "steering": SteeringConfig(),
+        "resampling": ResampleConfig(),
+        "probing": _STUDY_PROBING,
+    },
     "resample": {
         "options": _STUDY_OPTIONS,
         "resampling": ResampleConfig(),
@@ -473,7 +554,7 @@ def defaults(command: str) -> dict[str, Any]:
         A new dict: job argument name (`options`, `probing`, `steering`, ...) -> config.
 
     >>> sorted(defaults("steer")), defaults("generalize")["options"].limit
-    (['options', 'probing', 'steering'], 200)
+    (['options', 'probing', 'resampling', 'steering'], 200)
     """
     if command not in _DEFAULTS:
         raise ValueError(f"unknown command {command!r}; choose from {COMMANDS}")

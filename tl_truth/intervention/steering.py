@@ -151,6 +151,9 @@ def steering_hook(
 ) -> HookFn:
     """A TransformerLens hook adding `vector` to a [batch, seq, d] activation at `scope`.
 
+    A per-head activation ([batch, seq, n_heads, d_head], `attn.hook_z`) takes a vector of
+    n_heads * d_head features, head-major (`vector.reshape(n_heads, d_head)[h]` shifts head h).
+
     Args:
         vector: [d] the vector to add (already scaled).
         scope: "all", "prompt", "last_prompt", "generated", or explicit positions (one
@@ -173,16 +176,19 @@ def steering_hook(
     kind, pos = _resolve_scope(scope, positions)
     vec = torch.as_tensor(vector).detach().reshape(-1)
 
-    def hook(act: Float[Tensor, "batch seq d"], hook: Any = None) -> Tensor:
-        if act.ndim != 3 or act.shape[-1] != vec.shape[0]:
+    def hook(act: Float[Tensor, "batch seq *d"], hook: Any = None) -> Tensor:
+        per_head = act.ndim == 4 and act.shape[2] * act.shape[3] == vec.shape[0]
+        if not per_head and (act.ndim != 3 or act.shape[-1] != vec.shape[0]):
             name = getattr(hook, "name", "?")
             raise ValueError(
-                f"steering expects a [batch, seq, {vec.shape[0]}] activation at {name}, "
-                f"got {tuple(act.shape)}"
+                f"steering expects a [batch, seq, {vec.shape[0]}] activation (or [batch, seq, "
+                f"n_heads, d_head] of that many features) at {name}, got {tuple(act.shape)}"
             )
         mask = position_mask(kind, act.shape[0], act.shape[1], act.device, prompt_lengths, pos)
+        v = vec.to(act.device, act.dtype).reshape(act.shape[2:])
+        mask = mask.reshape(*mask.shape, *[1] * (act.ndim - 2)).to(act.dtype)
         # Out of place: the hook's input may be a view other code still reads.
-        return act + mask[..., None].to(act.dtype) * vec.to(act.device, act.dtype)
+        return act + mask * v
 
     return hook
 

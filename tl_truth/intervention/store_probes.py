@@ -8,7 +8,9 @@ projection statistics are measured on the same training activations ("sd" units)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+
+import torch
 
 from tl_truth.intervention.directions import Direction, from_probe, mass_mean
 from tl_truth.models import ModelInfo, hook_name
@@ -24,6 +26,7 @@ def probes_from_store(
     split: str = "train",
     expect_model: ModelInfo | dict | None = None,
     direction: str = "probe",
+    exclude: Collection[tuple[str, str]] = (),
 ) -> dict[int, tuple[Probe, Direction]]:
     """layer -> (logistic probe at `blocks.{layer}.hook_{hook_kind}` / `position`, its direction).
 
@@ -42,6 +45,8 @@ def probes_from_store(
         direction: "probe" (the probe's own direction, `from_probe`) or "mass_mean" (mean of
             right minus mean of wrong answers on the same activations, `mass_mean`); the probe
             is fitted either way (steering reports its score shift).
+        exclude: (task, id) keys of questions left out of the fit (e.g. a validation split
+            carved from train, on which the steering settings are then chosen).
 
     Returns:
         layer -> (`Probe`, `Direction` with projection stats from the same activations).
@@ -61,15 +66,21 @@ def probes_from_store(
     >>> with tempfile.TemporaryDirectory() as d:
     ...     store = capture(model, records, d, positions=["first_answer"], progress=False)
     ...     probes = probes_from_store(store, [1], "first_answer", expect_model=model_info(model))
+    ...     held = probes_from_store(store, [1], "first_answer", exclude=[("demo", "0")])
     >>> probe, direction = probes[1]
     >>> probe.hook, probe.metadata["n_train"], direction.hook, direction.source
     ('blocks.1.hook_resid_post', 12, 'blocks.1.hook_resid_post', 'logistic')
+    >>> held[1][0].metadata["n_train"]  # one question left out (a validation split)
+    11
     """
     if position not in store.positions:
         raise ValueError(
             f"{position} was not captured in {store.path}; captured: {store.positions}"
         )
     in_split = store.split_mask(split)
+    if exclude:
+        left_out = set(map(tuple, exclude))
+        in_split &= torch.tensor([(e["task"], e["id"]) not in left_out for e in store.examples])
     labels = store.labels
     probes: dict[int, tuple[Probe, Direction]] = {}
     for layer in layers:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -38,6 +38,7 @@ __all__ = [
     "STORE_VERSION",
     "ActivationStore",
     "capture",
+    "capture_at",
     "capture_batch",
     "default_hooks",
 ]
@@ -66,20 +67,26 @@ def capture_batch(
     sequences: Sequence[Sequence[int]],
     positions: Int[Tensor, "batch n_positions"],
     hooks: Sequence[str],
-) -> Float[Tensor, "batch n_hooks n_positions d_model"]:
+) -> Float[Tensor, "batch n_hooks n_positions width"]:
     """One right-padded forward pass; each hook keeps only `positions` (-1 = absent -> zeros).
 
     The forward stops after the deepest requested block, and no activation cache is held.
+    A hook whose activation has more than one feature axis (`attn.hook_z`: [batch, seq,
+    n_heads, d_head]) is flattened to one (`n_heads * d_head`, head-major).
 
     Args:
         model: a TransformerLens model.
         sequences: token ids of each example (prompt + answer), of any lengths.
         positions: [batch, n_positions] full-sequence indices (`resolve_positions`), -1 where
             an example lacks the position.
-        hooks: hook point names.
+        hooks: hook point names (all of the same width).
 
     Returns:
-        [batch, n_hooks, n_positions, d_model] float32 activations on the CPU.
+        [batch, n_hooks, n_positions, width] float32 activations on the CPU (width is
+        d_model for the residual stream).
+
+    Raises:
+        ValueError: the hooks' activations have different widths.
 
     >>> import torch
     >>> from tl_truth.testing import tiny_model
@@ -99,12 +106,13 @@ def capture_batch(
         mask[i, : len(s)] = 1
     gather = positions.clamp(min=0).to(device)
     rows = torch.arange(batch, device=device)[:, None]
-    out = torch.zeros((batch, len(hooks), positions.shape[1], model.cfg.d_model))
+    parts: list[Tensor | None] = [None] * len(hooks)
 
     def make_hook(j: int):
         def hook(act: Tensor, hook: Any) -> None:
             # layers of a model split across devices live on different devices
-            out[:, j] = act[rows.to(act.device), gather.to(act.device)].float().cpu()
+            got = act[rows.to(act.device), gather.to(act.device)].float().cpu()
+            parts[j] = got.reshape(batch, positions.shape[1], -1)
 
         return hook
 
@@ -119,8 +127,63 @@ def capture_batch(
         kwargs["stop_at_layer"] = deepest + 1
     with model.hooks(fwd_hooks=fwd_hooks):
         model(tokens.to(device), **kwargs)
+    widths = {p.shape[-1] for p in parts if p is not None}
+    if len(widths) > 1:
+        raise ValueError(f"hooks {list(hooks)} have different widths {sorted(widths)}")
+    width = widths.pop() if widths else model.cfg.d_model
+    empty = torch.zeros((batch, positions.shape[1], width))  # a hook that never fired
+    out = torch.stack([empty if p is None else p for p in parts], 1)
     out.masked_fill_((positions < 0)[:, None, :, None], 0.0)
     return out
+
+
+def capture_at(
+    model: Any,
+    records: Sequence[dict],
+    hooks: Sequence[str],
+    position: str | PositionFn,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> tuple[Float[Tensor, "n n_hooks width"], Bool[Tensor, " n"]]:
+    """Activations of `records` at one named position, in memory (no store): what a
+    direction is fitted on when the records are not in a run's store (samples, `hook_z`).
+
+    Args:
+        model: a TransformerLens model.
+        records: generation records (prompt_token_ids, answer_token_ids, and
+            exact_answer_token_span for the exact-answer positions).
+        hooks: hook names (of one width; `attn.hook_z` is flattened head-major).
+        position: a named position (`NAMED_POSITIONS`) or a callable `record -> index | None`.
+        batch_size: examples per forward pass (sorted by length, so little padding).
+        progress: show a progress bar.
+
+    Returns:
+        ([n, n_hooks, width] float32 activations, zeros where absent; [n] whether the record
+        has the position).
+
+    >>> from tl_truth.testing import tiny_model
+    >>> recs = [{"prompt_token_ids": [1, 5, 9], "answer_token_ids": [20, 30],
+    ...          "exact_answer_token_span": [3, 5]},
+    ...         {"prompt_token_ids": [1, 7], "answer_token_ids": [], "exact_answer_token_span": None}]
+    >>> acts, valid = capture_at(tiny_model("llama"), recs, ["blocks.1.attn.hook_z"], "exact_last")
+    >>> tuple(acts.shape), valid.tolist()
+    ((2, 1, 32), [True, False])
+    """
+    if not records:
+        raise ValueError("no records to capture")
+    pos = resolve_positions([position], records)
+    order = sorted(range(len(records)), key=lambda i: _seq_len(records[i]))
+    chunks: dict[int, Tensor] = {}
+    bar = tqdm(total=len(records), desc="capture", disable=not progress, unit="ex")
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        seqs = [records[i]["prompt_token_ids"] + records[i]["answer_token_ids"] for i in idx]
+        got = capture_batch(model, seqs, pos[idx], hooks)[:, :, 0]
+        for i, row in zip(idx, got, strict=True):
+            chunks[i] = row
+        bar.update(len(idx))
+    bar.close()
+    return torch.stack([chunks[i] for i in range(len(records))]), pos[:, 0] >= 0
 
 
 def _positions_label(p: str | PositionFn) -> str:

@@ -13,10 +13,14 @@ from tl_truth.studies.patch_study import PatchStudy, load_study, patching_study
 from tl_truth.studies.resampling import Resampling, SampleSet, resample
 from tl_truth.studies.selection import SelectionResult, select_answers
 from tl_truth.studies.steering_eval import SteeringResult, steering_sweep
+from tl_truth.studies.steering_protocol import Candidate, select_and_test
+from tl_truth.studies.steering_protocol_result import FamilySteeringResult
 
 __all__ = [
+    "Candidate",
     "CorrectionResult",
     "ErrorTypeReport",
+    "FamilySteeringResult",
     "GeneralizationResult",
     "PatchStudy",
     "ProbeReport",
@@ -32,6 +36,7 @@ __all__ = [
     "probe_report",
     "resample",
     "run_all",
+    "select_and_test",
     "select_answers",
     "steering_sweep",
 ]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_truth.config import (
+    SWEEP_ALPHAS,
     PatchConfig,
     ProbeConfig,
     ResampleConfig,
@@ -27,6 +28,7 @@ from tl_truth.intervention.store_probes import probes_from_store
 from tl_truth.models import model_info
 from tl_truth.probing.activations import ActivationStore
 from tl_truth.probing.probe import Probe
+from tl_truth.studies.family_jobs import families_job
 from tl_truth.studies.job_setup import (
     RUN_DIR,
     SAMPLES_DIR,
@@ -44,6 +46,7 @@ from tl_truth.studies.resampling import Resampling
 from tl_truth.studies.run_jobs import ensure_run
 from tl_truth.studies.sample_jobs import resample_job
 from tl_truth.studies.steering_eval import SteeringResult, steering_sweep
+from tl_truth.studies.steering_protocol_result import FamilySteeringResult
 
 # ---------------------------------------------------------------------------------------------
 # steer
@@ -56,27 +59,38 @@ def steer_job(
     from_run: str | Path | None = None,
     probing: ProbeConfig | None = None,
     model: Any = None,
-) -> SteeringResult:
+    samples: str | Path | None = None,
+    resampling: ResampleConfig | None = None,
+) -> SteeringResult | FamilySteeringResult:
     """`tl-truth steer`: steer along probe directions vs random ones, on held-out questions.
 
-    The directions come from `probe` (a saved probe or a `Probe`), or are refitted per layer on
-    the train split of `from_run` (`probes_from_store`, at `steering.hook_kind` and the run's
-    best position). With neither, a run is made first in `<out>/run` (`ensure_run`) on
-    `steering.train_limit` questions, capturing `steering.hook_kind` at `steering.layers` (all
-    layers when None, to find the best one). The sweep answers the first `options.limit` test
-    questions of `options.dataset`. Writes steering.json / .md / .png to `options.out`.
+    With `steering.directions`, the families are compared on held-out data instead
+    (`tl_truth.studies.family_jobs.families_job`: settings chosen on validation questions
+    carved from the run's train questions, evaluated once on test; a `FamilySteeringResult`).
+
+    Otherwise the single-family sweep: the directions come from `probe` (a saved probe or a
+    `Probe`), or are refitted per layer on the train split of `from_run` (`probes_from_store`,
+    at `steering.hook_kind` and the run's best position). With neither, a run is made first in
+    `<out>/run` (`ensure_run`) on `steering.train_limit` questions, capturing
+    `steering.hook_kind` at `steering.layers` (all layers when None, to find the best one).
+    The sweep answers the first `options.limit` test questions of `options.dataset`. Writes
+    steering.json / .md / .png to `options.out`.
 
     Args:
         options: the model, questions (`limit`: held-out test questions), output directory.
-        steering: layers, alphas, units, scope, random directions, hook kind.
+        steering: layers, alphas, units, scope, random directions, hook kind (and the
+            families, scopes, head ks, validation size for `directions`).
         probe: a saved probe (path without extension) or a `Probe` (None: from a run).
         from_run: a `tl-truth run` directory to refit probes from (None: made in
             `<out>/run` when `probe` is None too).
         probing: the grid settings of the run it makes.
         model: the model (None: loaded from `options`).
+        samples: a `tl-truth resample` directory for the contrastive family (None: the fit
+            questions answered wrong are resampled).
+        resampling: K, temperature and seed of that resampling.
 
     Returns:
-        The `SteeringResult`.
+        The `SteeringResult` (sweep) or `FamilySteeringResult` (`directions`).
 
     >>> import tempfile, torch
     >>> import tl_truth as tt
@@ -91,11 +105,18 @@ def steer_job(
     >>> [(s["layer"], s["alpha"]) for s in result.settings], result.n_questions
     ([(1, 4.0)], 1)
     """
-    options, steering, probing = _configs(
-        "steer", options=options, steering=steering, probing=probing
+    options, steering, probing, resampling = _configs(
+        "steer", options=options, steering=steering, probing=probing, resampling=resampling
     )
     _one_source(probe, from_run)
     lazy = _lazy(options, model)
+    if steering.directions is not None:
+        if probe is not None:
+            raise ValueError(
+                "--directions fits its directions on a run's train questions: give "
+                "--from-run DIR or --dataset, not --probe"
+            )
+        return families_job(options, steering, probing, resampling, from_run, samples, lazy)
     if probe is None and from_run is None:
         layers = probing.layers if steering.layers is None else steering.layers
         run_probing = replace(probing, hooks=(steering.hook_kind,), layers=layers)
@@ -137,7 +158,7 @@ def steer_job(
         model,
         held_out,
         probes,
-        list(steering.alphas),
+        list(steering.alphas or SWEEP_ALPHAS),
         scope=steering.scope,
         units=steering.units,
         n_random=steering.n_random,
