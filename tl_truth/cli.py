@@ -14,9 +14,11 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tl_truth import parallel
 from tl_truth.checkpoint import RunLock, RunLockedError
 from tl_truth.cli_options import (
     _FOR_ITS_RUN,
@@ -34,6 +36,7 @@ from tl_truth.config import (
     defaults,
     parse_layers,  # noqa: F401  (`tl_truth.cli.parse_layers`, as before)
 )
+from tl_truth.parallel import SINGLE
 from tl_truth.studies import jobs
 from tl_truth.studies.jobs import finished_samples as _finished_samples  # noqa: F401 (old path)
 
@@ -97,7 +100,14 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     >>> cmd_run(args, configs_from_args(args))  # doctest: +SKIP
     0
     """
-    report = jobs.run_job(**cfg)
+    ranks = getattr(args, "ranks", None) or SINGLE  # set by `main` under torchrun
+    if ranks.parallel:  # each rank on its own GPU; one set of progress bars
+        o = cfg["options"]
+        quiet = o.quiet or not ranks.is_main
+        cfg["options"] = replace(o, device=parallel.rank_device(o.device, ranks), quiet=quiet)
+    report = jobs.run_job(**cfg, ranks=ranks)
+    if report is None:
+        return 0  # not rank 0: rank 0 writes and prints the report
     print()
     print(_markdown(report))
     out = Path(cfg["options"].out)
@@ -261,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r, d = _subcommand(sub, "run", cmd_run, "generate + capture + probe grid + baselines -> report")
     _probing(r, d["probing"])
+    r.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data parallel: run as N processes under torchrun, each on a share of the "
+        "questions (same results as one process); on CPU each gets --threads, by default "
+        "cores // N",
+    )
 
     st, d = _subcommand(
         sub,
@@ -369,6 +387,10 @@ def _log_to_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run `tl-truth` with these arguments.
 
+    Under torchrun (several processes), `run` is data parallel: this process joins the
+    process group, takes its share of the work, and rank 0 writes the report
+    (`tl_truth.parallel`). `run --nproc N` starts those N processes itself.
+
     Args:
         argv: the arguments (None: `sys.argv[1:]`).
 
@@ -380,11 +402,26 @@ def main(argv: list[str] | None = None) -> int:
     ...     main(["select", "--out", d])  # no samples there: a clear error
     2
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     _log_to_stdout()
+    nproc = getattr(args, "nproc", 1)
+    if nproc > 1 and not parallel.under_torchrun():  # `--nproc N`: start N workers
+        threads = getattr(args, "options.threads") or parallel.default_threads(nproc)
+        return parallel.launch(argv, nproc, threads)
+    ranks = SINGLE
     try:
+        if parallel.under_torchrun():
+            if args.command != "run":
+                raise ValueError(
+                    f"`tl-truth {args.command}` runs in one process; only `tl-truth run` is "
+                    "data parallel (torchrun or --nproc)"
+                )
+            ranks = args.ranks = parallel.start(getattr(args, "options.device"))
+            if nproc not in (1, ranks.world):
+                raise ValueError(f"--nproc {nproc} but torchrun started {ranks.world} processes")
         out = getattr(args, "options.out", None)
-        with RunLock(out) if out else contextlib.nullcontext():  # one process per --out
+        with RunLock(out, ranks) if out else contextlib.nullcontext():  # one run per --out
             return args.func(args, configs_from_args(args))
     except (ValueError, FileNotFoundError, ImportError, RunLockedError) as e:
         hint = ""
@@ -392,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
             hint = " (the hub loaders need it: pip install 'tl_truth[hub]')"
         print(f"tl-truth: error: {e}{hint}", file=sys.stderr)
         return 2
+    finally:
+        if ranks.parallel:
+            parallel.stop()
 
 
 if __name__ == "__main__":
