@@ -24,9 +24,9 @@ from tl_truth.answers.generation import GenerationConfig, generate_ids
 from tl_truth.checkpoint import LOCK_FILE, JsonlCheckpoint, RunLock, RunLockedError
 from tl_truth.cli import main
 from tl_truth.models import from_hf
-from tl_truth.parallel import SINGLE, rank_file, rank_files, sharded, thread_ranks
+from tl_truth.parallel import SINGLE, rank_file, rank_files, sharded
 from tl_truth.probing.activations import capture
-from tl_truth.testing import tiny_hf
+from tl_truth.testing import thread_ranks, tiny_hf
 
 
 def _on_ranks(world, fn):

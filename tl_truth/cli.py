@@ -14,7 +14,6 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +100,7 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     0
     """
     ranks = getattr(args, "ranks", None) or SINGLE  # set by `main` under torchrun
-    if ranks.parallel:  # each rank on its own GPU; one set of progress bars
-        o = cfg["options"]
-        quiet = o.quiet or not ranks.is_main
-        cfg["options"] = replace(o, device=parallel.rank_device(o.device, ranks), quiet=quiet)
+    cfg["options"] = parallel.rank_options(cfg["options"], ranks)
     report = jobs.run_job(**cfg, ranks=ranks)
     if report is None:
         return 0  # not rank 0: rank 0 writes and prints the report
@@ -271,14 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r, d = _subcommand(sub, "run", cmd_run, "generate + capture + probe grid + baselines -> report")
     _probing(r, d["probing"])
-    r.add_argument(
-        "--nproc",
-        type=int,
-        default=1,
-        help="data parallel: run as N processes under torchrun, each on a share of the "
-        "questions (same results as one process); on CPU each gets --threads, by default "
-        "cores // N",
-    )
+    r.add_argument("--nproc", type=int, default=1, help=parallel.NPROC_HELP)
 
     st, d = _subcommand(
         sub,
@@ -387,9 +376,8 @@ def _log_to_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run `tl-truth` with these arguments.
 
-    Under torchrun (several processes), `run` is data parallel: this process joins the
-    process group, takes its share of the work, and rank 0 writes the report
-    (`tl_truth.parallel`). `run --nproc N` starts those N processes itself.
+    Under torchrun, `run` is data parallel (`tl_truth.parallel`); `run --nproc N` starts
+    those N processes itself.
 
     Args:
         argv: the arguments (None: `sys.argv[1:]`).
@@ -405,21 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     _log_to_stdout()
-    nproc = getattr(args, "nproc", 1)
-    if nproc > 1 and not parallel.under_torchrun():  # `--nproc N`: start N workers
-        threads = getattr(args, "options.threads") or parallel.default_threads(nproc)
-        return parallel.launch(argv, nproc, threads)
+    if getattr(args, "nproc", 1) > 1 and not parallel.under_torchrun():  # start N workers
+        return parallel.launch(argv, args.nproc, getattr(args, "options.threads"))
     ranks = SINGLE
     try:
-        if parallel.under_torchrun():
-            if args.command != "run":
-                raise ValueError(
-                    f"`tl-truth {args.command}` runs in one process; only `tl-truth run` is "
-                    "data parallel (torchrun or --nproc)"
-                )
-            ranks = args.ranks = parallel.start(getattr(args, "options.device"))
-            if nproc not in (1, ranks.world):
-                raise ValueError(f"--nproc {nproc} but torchrun started {ranks.world} processes")
+        ranks = args.ranks = parallel.worker_ranks(args.command, getattr(args, "options.device"))
         out = getattr(args, "options.out", None)
         with RunLock(out, ranks) if out else contextlib.nullcontext():  # one run per --out
             return args.func(args, configs_from_args(args))

@@ -53,11 +53,10 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -69,14 +68,20 @@ __all__ = [
     "default_threads",
     "launch",
     "rank_device",
+    "rank_options",
     "rank_file",
     "sharded",
     "start",
     "stop",
-    "thread_ranks",
     "torchrun_command",
     "under_torchrun",
+    "worker_ranks",
 ]
+
+NPROC_HELP = (
+    "data parallel: N processes under torchrun, each on a share of the questions (same results "
+    "as one); on CPU each gets --threads, by default cores // N"
+)
 
 # How long a rank waits for the others at an exchange: a resumed run can leave one rank hours
 # of batches more than another, and the default (30 min) would kill it.
@@ -92,7 +97,8 @@ class Ranks:
         world: the number of processes.
         local_rank: its index on this node (its GPU: `cuda:{local_rank}`).
         exchange: how the ranks swap JSON texts, `(rank, text) -> every rank's text`;
-            None: `torch.distributed.all_gather_object` on the default process group.
+            None: `torch.distributed.all_gather_object` on the default process group
+            (`tl_truth.testing.thread_ranks`: between threads, for tests).
 
     >>> SINGLE.is_main, SINGLE.parallel, SINGLE.share([0, 1, 2])
     (True, False, [0, 1, 2])
@@ -258,6 +264,37 @@ def start(device: str | None = None) -> Ranks:
     return ranks
 
 
+def worker_ranks(command: str, device: str | None = None) -> Ranks:
+    """The `tl-truth` command's ranks: `SINGLE` outside torchrun; under it, `run` joins the
+    process group (`start`) and any other command is refused (ValueError).
+
+    >>> worker_ranks("generate") is SINGLE  # not under torchrun here
+    True
+    """
+    if not under_torchrun():
+        return SINGLE
+    if command != "run":
+        raise ValueError(
+            f"`tl-truth {command}` runs in one process; only `tl-truth run` is data parallel "
+            "(torchrun or --nproc)"
+        )
+    return start(device)
+
+
+def rank_options(options: Any, ranks: Ranks) -> Any:
+    """`RunOptions` for this rank: its own GPU (`rank_device`), progress bars on rank 0 only.
+
+    >>> from tl_truth.config import RunOptions
+    >>> o = rank_options(RunOptions(device="cuda"), Ranks(1, 2, 1))
+    >>> o.device, o.quiet
+    ('cuda:1', True)
+    """
+    if not ranks.parallel:
+        return options
+    quiet = options.quiet or not ranks.is_main
+    return replace(options, device=rank_device(options.device, ranks), quiet=quiet)
+
+
 def stop() -> None:
     """Leave the process group `start` joined (a no-op when none)."""
     import torch.distributed as dist
@@ -322,48 +359,20 @@ def torchrun_command(argv: Sequence[str], nproc: int) -> list[str]:
     ]
 
 
-def launch(argv: Sequence[str], nproc: int, threads: int) -> int:
+def launch(argv: Sequence[str], nproc: int, threads: int | None = None) -> int:
     """Run `tl_truth.cli argv` as `nproc` torchrun workers of `threads` torch threads each.
 
     Args:
-        argv: the `tl-truth` arguments (the workers see `--nproc` and do not launch again).
+        argv: the `tl-truth` arguments (`--nproc` is left out of the workers').
         nproc: the number of processes.
-        threads: torch threads per worker (its `--threads`, and OMP_NUM_THREADS).
+        threads: torch threads per worker (its `--threads`, and OMP_NUM_THREADS); None:
+            `default_threads(nproc)`.
 
     Returns:
         torchrun's exit status (non-zero when any worker failed).
     """
+    threads = threads or default_threads(nproc)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return subprocess.run(
         torchrun_command([*argv, "--threads", str(threads)], nproc), env=env
     ).returncode
-
-
-# ---------------------------------------------------------------------------------------------
-# Several ranks in one process (threads): for tests and examples
-
-
-class _ThreadExchange:
-    def __init__(self, world: int):
-        self.slots: list[str | None] = [None] * world
-        self.barrier = threading.Barrier(world, timeout=600)
-
-    def __call__(self, rank: int, text: str) -> list[str]:
-        self.slots[rank] = text
-        self.barrier.wait()  # everyone has written
-        out = list(self.slots)
-        self.barrier.wait()  # everyone has read: the slots may be reused
-        return out  # type: ignore[return-value]
-
-
-def thread_ranks(world: int) -> list[Ranks]:
-    """`world` ranks whose exchanges work between threads of one process (tests, examples).
-
-    >>> from concurrent.futures import ThreadPoolExecutor
-    >>> ranks = thread_ranks(2)
-    >>> with ThreadPoolExecutor(2) as pool:
-    ...     list(pool.map(lambda r: r.gather(r.rank * 10), ranks))
-    [[0, 10], [0, 10]]
-    """
-    exchange = _ThreadExchange(world)
-    return [Ranks(r, world, r, exchange) for r in range(world)]
