@@ -7,6 +7,8 @@ second of the run's generate + capture stages (`generate_s + capture_s` of repor
 grid are outside it. Also says whether the two runs gave the same generations (they may
 differ where floating point does: one process with 2 threads may sum in another order than
 two processes with one each; the 2-process run equals a 1-process 1-thread run by design).
+`--with-1x1` adds that 1-process 1-thread run: on a machine other jobs load too, it tells the
+cost of contention for 2 threads from the gain of 2 processes.
 
     .venv/bin/python benchmarks/bench_data_parallel.py --n 48
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 
 
 def run(out: Path, n: int, tokens: int, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "tl_truth.cli", "run", "--model", "smollm2-135m",
+    cmd = [sys.executable, "-m", "tl_truth.cli", "run", "--model", "smollm2-135m-instruct",
            "--dataset", "capitals", "--limit", str(n), "--max-new-tokens", str(tokens),
            "--batch-size", "8", "--no-model-extract", "--no-p-true", "--layers", "15",
            "--positions", "last_prompt,exact_last", "--n-boot", "10", "--n-perm", "0",
@@ -41,24 +43,32 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=48, help="questions")
     p.add_argument("--tokens", type=int, default=24, help="max new tokens")
+    p.add_argument("--with-1x1", action="store_true", help="also 1 process x 1 thread")
     a = p.parse_args()
+    runs = {
+        "2x1": ["--nproc", "2", "--threads", "1"],
+        "1x2": ["--threads", "2"],
+        "1x1": ["--threads", "1"],  # the reference: what each rank of 2x1 does alone
+    }
+    if not a.with_1x1:
+        del runs["1x1"]
     with tempfile.TemporaryDirectory() as d:
-        two = run(Path(d) / "two", a.n, a.tokens, ["--nproc", "2", "--threads", "1"])
-        one = run(Path(d) / "one", a.n, a.tokens, ["--threads", "2"])
-        lines = [
-            (Path(d) / k / "generations.jsonl").read_text().splitlines() for k in ("two", "one")
-        ]
-    rate = {k: a.n / (t["generate_s"] + t["capture_s"]) for k, t in (("two", two), ("one", one))}
-    same = sum(x == y for x, y in zip(*lines, strict=True))
+        t = {k: run(Path(d) / k, a.n, a.tokens, extra) for k, extra in runs.items()}
+        lines = {k: (Path(d) / k / "generations.jsonl").read_text().splitlines() for k in runs}
+    rate = {k: a.n / (v["generate_s"] + v["capture_s"]) for k, v in t.items()}
+    same = {k: sum(x == y for x, y in zip(lines["2x1"], v, strict=True)) for k, v in lines.items()}
     print(
-        f"stages (s): 2x1 generate {two['generate_s']} capture {two['capture_s']} "
-        f"(whole command {two['wall_s']:.0f}); 1x2 generate {one['generate_s']} capture "
-        f"{one['capture_s']} (whole command {one['wall_s']:.0f}); "
-        f"identical generations: {same}/{len(lines[0])}; load average {os.getloadavg()[0]:.1f}"
+        "; ".join(
+            f"{k}: generate {v['generate_s']} s + capture {v['capture_s']} s = "
+            f"{rate[k]:.2f} q/s (whole command {v['wall_s']:.0f} s), generations equal to "
+            f"2x1: {same[k]}/{a.n}"
+            for k, v in t.items()
+        )
+        + f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
     print(
-        f"data parallel: 2 proc x 1 thread = {rate['two']:.2f} q/s, 1 proc x 2 threads = "
-        f"{rate['one']:.2f} q/s, ratio {rate['two'] / rate['one']:.2f}"
+        f"data parallel: 2 proc x 1 thread = {rate['2x1']:.2f} q/s, 1 proc x 2 threads = "
+        f"{rate['1x2']:.2f} q/s, ratio {rate['2x1'] / rate['1x2']:.2f}"
     )
 
 
