@@ -17,29 +17,41 @@ Because a batch holds exactly the rows it holds in one process (same prompts, sa
 greedy decoding gives the same tokens and capture the same activations: generations.jsonl and
 the store are those of one process, byte for byte, when every rank runs with the same torch
 thread count as that process (CPU matrix products may sum in another order with another
-thread count; `benchmarks/bench_data_parallel.py` measures it). Rank 0 then writes
-generations.jsonl, fits the probe grid and the baselines and writes the report, exactly as
-one process does; the other ranks exit. Sampling (temperature > 0) is refused: one random
-stream runs through the batches of one process, which shards cannot reproduce.
+thread count; on SmolLM2, 48 questions, 2 x 1, 1 x 2 and 1 x 1 threads gave byte-identical
+generations: `benchmarks/bench_data_parallel.py`). Rank 0 then writes generations.jsonl, fits
+the probe grid and the baselines and writes the report, exactly as one process does; the
+other ranks exit. Sampling (temperature > 0) is refused: one random stream runs through the
+batches of one process, which shards cannot reproduce.
 
 Killed, nothing is lost: each rank's checkpoint holds its finished batches and each shard is
-written atomically. A re-run resumes with any number of processes (one included), since the
-checkpoints of every rank are read back and the unfinished batches dealt again. Only rank 0
-takes the run lock on `--out`; the other ranks wait for its answer before writing anything.
+written atomically; torchrun stops the other ranks when one dies. A re-run resumes with any
+number of processes (one included), since the checkpoints of every rank are read back and the
+unfinished batches dealt again. Only rank 0 takes the run lock on `--out`; the other ranks
+wait for its answer before writing anything.
+
+Threads: `--nproc N` gives each rank `--threads` (default: cores // N, at least 1) and sets
+OMP_NUM_THREADS to match. Under a torchrun you start yourself, pass `--threads` (torchrun sets
+OMP_NUM_THREADS=1 when it is unset) and not `--nproc` (torchrun's own parser rejects it).
 
 Scaling to N GPUs on one node: `torchrun --standalone --nproc-per-node 8 -m tl_truth.cli run
-... --device cuda` puts rank r on `cuda:LOCAL_RANK` (NCCL carries the exchanges); each GPU
-holds a full copy of the model, so this is for models that fit one GPU (combine with
-`--dtype bfloat16`); bigger models use `--device-map` inside one process instead. Throughput
-grows with the number of ranks until the shared steps dominate (rank 0's probe grid and
-baselines, and the model load on every rank).
+... --device cuda` (or no `--device`, with CUDA present) puts rank r on `cuda:LOCAL_RANK`, and
+NCCL carries the exchanges. Each GPU holds a whole model, so this is for models that fit one
+GPU (with `--dtype bfloat16` if need be); a model bigger than one GPU is split with
+`--device-map` inside one process instead. Generation, extraction, capture and p(True) divide
+by N; what does not is the model load (every rank, at once), rank 0's probe grid and
+baselines, and the granularity (B batches keep at most B ranks busy: lower `--batch-size`
+for many GPUs and few questions; capture is dealt by shards of 128 answers). Not yet run on GPUs (none was lent to this
+work); the CPU path (gloo) is what `tests/test_parallel.py` runs.
 
-Beyond one node (not built): the same code runs under a multi-node torchrun rendezvous
-(`torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400`)
-when `--out` is on a filesystem every node sees, since ranks exchange results through
-collectives but write shards and checkpoints into `--out`. Past that, the decode loop itself
-is the limit: TransformerLens 4's vLLM-backed bridge (paged attention, continuous batching)
-or a Ray pool of model replicas would serve generation, with capture kept in the hooked model.
+Beyond one node (not built): the ranks exchange only small JSON results through
+`torch.distributed`, but they write shards and checkpoints into `--out`, so a multi-node
+torchrun rendezvous (`torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d
+--rdzv-endpoint HOST:29400 ...`) needs `--out` on a filesystem every node sees, and the lock
+is only as good as that filesystem's O_EXCL. Past that, the decode loop is the limit:
+TransformerLens 4.3's `RemoteBridge.boot_vllm` (vLLM workers: paged attention, continuous
+batching, tensor / pipeline parallel; activations captured by hooks inside the workers) or a
+Ray pool of model replicas fed from a shared question queue would do generation, with capture
+and probing reading their outputs as they read generations.jsonl today.
 
 `torch.distributed` is initialised only by the `tl-truth` command in a process torchrun
 started (`start`); importing this module changes nothing. Library callers pass `Ranks` to
