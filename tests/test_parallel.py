@@ -115,6 +115,7 @@ def test_lock_taken_by_rank_0_and_refused_on_every_rank(tmp_path):
     assert _on_ranks(2, refused) == [True, True]
 
 
+@pytest.mark.backend
 def test_sharded_capture_writes_the_store_one_process_writes(tmp_path, models):
     records = [
         {"id": str(i), "task": "t", "split": "train" if i % 3 else "test", "correct": i % 2 == 0,
@@ -136,6 +137,7 @@ def test_sharded_capture_writes_the_store_one_process_writes(tmp_path, models):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
+@pytest.mark.backend
 def test_sharded_generation_equals_one_process_and_refuses_sampling(models):
     tok = models[0].tokenizer
     prompts = [tok(f"Q: What is {i} + {i}?\nA:").input_ids for i in range(9)]
