@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_capture.py
 	$(PY) benchmarks/bench_probe_grid.py
 	$(PY) benchmarks/bench_extraction.py
+	$(PY) benchmarks/bench_data_parallel.py
 
 clean:
 	rm -rf $(VENV) $(VENV4) runs .pytest_cache

@@ -141,8 +141,8 @@ def test_every_flag_lands_in_a_config_field_or_a_job_input(command):
     for action in subparsers()[command]._actions:
         if action.dest in ("help", "func"):
             continue
-        if "." not in action.dest:  # paths the job takes as arguments
-            assert action.dest in ("probe", "from_run", "samples"), action.dest
+        if "." not in action.dest:  # paths the job takes as arguments, and the launcher's
+            assert action.dest in ("probe", "from_run", "samples", "nproc"), action.dest
             continue
         config, name = action.dest.split(".", 1)
         assert name in [f.name for f in fields(wanted[config])], action.dest

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tl_truth import parallel
 from tl_truth.checkpoint import RunLock, RunLockedError
 from tl_truth.cli_options import (
     _FOR_ITS_RUN,
@@ -35,6 +36,7 @@ from tl_truth.config import (
     defaults,
     parse_layers,  # noqa: F401  (`tl_truth.cli.parse_layers`, as before)
 )
+from tl_truth.parallel import SINGLE
 from tl_truth.studies import jobs
 from tl_truth.studies.jobs import finished_samples as _finished_samples  # noqa: F401 (old path)
 
@@ -98,7 +100,11 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     >>> cmd_run(args, configs_from_args(args))  # doctest: +SKIP
     0
     """
-    report = jobs.run_job(**cfg)
+    ranks = getattr(args, "ranks", None) or SINGLE  # set by `main` under torchrun
+    cfg["options"] = parallel.rank_options(cfg["options"], ranks)
+    report = jobs.run_job(**cfg, ranks=ranks)
+    if report is None:
+        return 0  # not rank 0: rank 0 writes and prints the report
     print()
     print(_markdown(report))
     out = Path(cfg["options"].out)
@@ -287,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r, d = _subcommand(sub, "run", cmd_run, "generate + capture + probe grid + baselines -> report")
     _probing(r, d["probing"])
+    r.add_argument("--nproc", type=int, default=1, help=parallel.NPROC_HELP)
 
     st, d = _subcommand(
         sub,
@@ -414,6 +421,9 @@ def _log_to_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run `tl-truth` with these arguments.
 
+    Under torchrun, `run` is data parallel (`tl_truth.parallel`); `run --nproc N` starts
+    those N processes itself.
+
     Args:
         argv: the arguments (None: `sys.argv[1:]`).
 
@@ -425,11 +435,16 @@ def main(argv: list[str] | None = None) -> int:
     ...     main(["select", "--out", d])  # no samples there: a clear error
     2
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     _log_to_stdout()
+    if getattr(args, "nproc", 1) > 1 and not parallel.under_torchrun():  # start N workers
+        return parallel.launch(argv, args.nproc, getattr(args, "options.threads"))
+    ranks = SINGLE
     try:
+        ranks = args.ranks = parallel.worker_ranks(args.command, getattr(args, "options.device"))
         out = getattr(args, "options.out", None)
-        with RunLock(out) if out else contextlib.nullcontext():  # one process per --out
+        with RunLock(out, ranks) if out else contextlib.nullcontext():  # one run per --out
             return args.func(args, configs_from_args(args))
     except (ValueError, FileNotFoundError, ImportError, RunLockedError) as e:
         hint = ""
@@ -437,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
             hint = " (the hub loaders need it: pip install 'tl_truth[hub]')"
         print(f"tl-truth: error: {e}{hint}", file=sys.stderr)
         return 2
+    finally:
+        if ranks.parallel:
+            parallel.stop()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 For trying the library without a real model, for doctests and for unit tests. The weights are
 random, so answers are gibberish; shapes, hooks and the whole pipeline are real. The
-tokenizer is a 400-token byte-level BPE trained on a few sentences.
+tokenizer is a 400-token byte-level BPE trained on a few sentences. `thread_ranks` gives the
+ranks of a data-parallel run as threads of one process (`tl_truth.parallel`), for tests.
 
 >>> from tl_truth.testing import tiny_model
 >>> model = tiny_model("llama")
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import threading
 
 import torch
 
 from tl_truth.compat import has_hooked_transformer
 from tl_truth.models import from_hf
+from tl_truth.parallel import Ranks
 
 ARCHS = ("gpt2", "llama", "gemma3")
 BACKENDS = ("bridge", "hooked") if has_hooked_transformer() else ("bridge",)
@@ -124,3 +127,33 @@ def tiny_model(arch: str = "llama", backend: str | None = None):
     backend = backend or BACKENDS[0]
     hf, tok = tiny_hf(arch)
     return from_hf(hf, tok, backend=backend, name=f"tiny-{arch}", device="cpu", chat=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several ranks in one process (threads): for tests and examples
+
+
+class _ThreadExchange:
+    def __init__(self, world: int):
+        self.slots: list[str | None] = [None] * world
+        self.barrier = threading.Barrier(world, timeout=600)
+
+    def __call__(self, rank: int, text: str) -> list[str]:
+        self.slots[rank] = text
+        self.barrier.wait()  # everyone has written
+        out = list(self.slots)
+        self.barrier.wait()  # everyone has read: the slots may be reused
+        return out  # type: ignore[return-value]
+
+
+def thread_ranks(world: int) -> list[Ranks]:
+    """`world` ranks whose exchanges work between threads of one process (tests, examples).
+
+    >>> from concurrent.futures import ThreadPoolExecutor
+    >>> ranks = thread_ranks(2)
+    >>> with ThreadPoolExecutor(2) as pool:
+    ...     list(pool.map(lambda r: r.gather(r.rank * 10), ranks))
+    [[0, 10], [0, 10]]
+    """
+    exchange = _ThreadExchange(world)
+    return [Ranks(r, world, r, exchange) for r in range(world)]

@@ -176,7 +176,9 @@ def generate_ids(
     With `checkpoint`, every finished batch is appended to that JSONL file (with the sampler's
     random state), and a re-run with the same prompts, settings and model skips the batches
     already there: a killed run resumes with the results an uninterrupted one gives, token for
-    token. The caller deletes the file once the results are stored.
+    token. The caller deletes the file once the results are stored. Inside
+    `tl_truth.parallel.sharded`, each rank decodes its share of the batches (greedy only) and
+    the ranks swap their results: every rank returns every answer (see `JsonlCheckpoint`).
 
     Args:
         model: a HookedTransformer or TransformerBridge (`tl_truth.load_model`).
@@ -246,37 +248,46 @@ def generate_ids(
         groups = [rows[start:end] for _, start, end in batches(len(rows), cfg.batch_size)]
     else:  # rows with equal suffix lengths decode together after the shared prefix: no padding
         groups = _equal_length_groups(rows, prompt_ids, prefix_len, cfg.batch_size)
+    if ckpt.ranks.parallel and cfg.temperature > 0:
+        raise ValueError(
+            "data-parallel generation is greedy only (temperature 0): one process samples from "
+            "one random stream through all batches, which shards cannot reproduce"
+        )
+    mine = set(ckpt.pending(len(groups)))  # data parallel: this rank's share of them
+    touched = [b for b in range(len(groups)) if b in mine or b in ckpt.done()]
     prefix_stepper = None
-    bar = tqdm(total=len(rows), desc=desc, disable=not progress, unit="ans")
-    for b, batch_rows in enumerate(groups):
 
-        def decode(batch_rows=batch_rows) -> dict:
-            prefilled = None
-            if prefix_len:
-                nonlocal prefix_stepper
-                if prefix_stepper is None:
-                    prefix_stepper = _prefill(model, prompt_ids[0][:prefix_len], device)
-                prefilled = (_expanded_copy(prefix_stepper, len(batch_rows), device), prefix_len)
-            results = _decode_batch(
-                model,
-                [prompt_ids[i][prefix_len:] for i, _ in batch_rows],
-                cfg,
-                stops,
-                newline_ids,
-                pad_id,
-                device,
-                gen,
-                prefilled=prefilled,
-            )
-            # the sampler's state after the batch, so a resumed run continues the same stream
-            return {"results": results, "rng": gen.get_state().tolist()}
+    def decode(batch_rows) -> dict:
+        nonlocal prefix_stepper
+        prefilled = None
+        if prefix_len:
+            if prefix_stepper is None:
+                prefix_stepper = _prefill(model, prompt_ids[0][:prefix_len], device)
+            prefilled = (_expanded_copy(prefix_stepper, len(batch_rows), device), prefix_len)
+        results = _decode_batch(
+            model,
+            [prompt_ids[i][prefix_len:] for i, _ in batch_rows],
+            cfg,
+            stops,
+            newline_ids,
+            pad_id,
+            device,
+            gen,
+            prefilled=prefilled,
+        )
+        # the sampler's state after the batch, so a resumed run continues the same stream
+        return {"results": results, "rng": gen.get_state().tolist()}
 
-        item = ckpt.get_or_compute(b, decode)
+    total = sum(len(groups[b]) for b in touched)
+    bar = tqdm(total=total, desc=desc, disable=not progress, unit="ans")
+    for b in touched:  # in order: a finished batch restores the sampler's state after it
+        item = ckpt.get_or_compute(b, lambda rows=groups[b]: decode(rows))
         gen.set_state(torch.tensor(item["rng"], dtype=torch.uint8))  # a no-op when just decoded
+        bar.update(len(groups[b]))
+    bar.close()
+    for batch_rows, item in zip(groups, ckpt.gather(len(groups)), strict=True):
         for (i, k), res in zip(batch_rows, item["results"], strict=True):
             out[i][k] = res
-        bar.update(len(batch_rows))
-    bar.close()
     return out  # type: ignore[return-value]
 
 

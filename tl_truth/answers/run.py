@@ -45,6 +45,7 @@ from tl_truth.answers.record import AnswerRecord
 from tl_truth.answers.summary import LOCATED_GAP_WARNING, located_rates, summarize
 from tl_truth.data.questions import QADataset, Question
 from tl_truth.models import model_info
+from tl_truth.parallel import rank_files
 
 __all__ = [
     "EXTRACT_CHECKPOINT",
@@ -104,9 +105,14 @@ EXTRACT_CHECKPOINT = "extract.ckpt.jsonl"
 
 
 def clear_checkpoints(out_dir: str | Path, names: Sequence[str] | None = None) -> None:
-    """Delete the batch checkpoints of `out_dir` (all `*.ckpt.jsonl`, or those `names`)."""
+    """Delete the batch checkpoints of `out_dir` (all `*.ckpt.jsonl`, or those `names` and
+    the rank-tagged files of a data-parallel run next to them)."""
     out = Path(out_dir)
-    for f in [out / n for n in names] if names is not None else out.glob("*.ckpt.jsonl"):
+    if names is None:
+        files = list(out.glob("*.ckpt.jsonl"))
+    else:
+        files = [f for n in names for f in (out / n, *rank_files(out / n))]
+    for f in files:
         f.unlink(missing_ok=True)
 
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from tl_truth.answers.positions import NAMED_POSITIONS, PositionFn, resolve_positions
 from tl_truth.checkpoint import maybe_die
 from tl_truth.models import hook_name, model_device, model_info
+from tl_truth.parallel import current_ranks
 from tl_truth.probing.activation_store import META_FILE, STORE_VERSION, ActivationStore, _layer_of
 from tl_truth.result_io import read_json_file
 
@@ -205,6 +206,9 @@ def capture(
 
     Shards are written atomically; re-running the same capture into the same directory keeps the
     finished shards and does the rest. A directory holding a different store is refused.
+    Inside `tl_truth.parallel.sharded`, each rank writes its round-robin share of the unfinished
+    shards (the shards one process would write) and rank 0 the metadata; all ranks return
+    when every shard is written.
 
     Args:
         model: a TransformerLens model (its `model_info` is saved with the store).
@@ -275,22 +279,26 @@ def capture(
         ],
     }
     meta_path = out / META_FILE
+    ranks = current_ranks()
+    error = None
+    todo = [s for s in meta["shards"] if not (out / s["file"]).exists()]
     if meta_path.exists():
         old = read_json_file(meta_path)
         if old != meta:
             diff = [k for k in meta if old.get(k) != meta[k]]
-            raise ValueError(
+            error = (
                 f"{out} holds a different activation store (differs in: {', '.join(diff)}); "
                 f"use another directory or delete it"
             )
-    else:
+    elif ranks.is_main:  # data parallel: one metadata file, written by rank 0
         tmp = meta_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, meta_path)
+    ranks.agree(error)  # every rank stops if the directory holds another store
     store = ActivationStore(out, meta)
 
     pos_all = resolve_positions(list(positions), records)
-    todo = [s for s in meta["shards"] if not (out / s["file"]).exists()]
+    todo = ranks.share(todo)  # data parallel: this rank's shards, round-robin
     bar = tqdm(
         total=sum(s["end"] - s["start"] for s in todo),
         desc="capture",
@@ -319,6 +327,7 @@ def capture(
         os.replace(tmp, final)  # atomic: a killed run leaves no half-written shard
         maybe_die("capture")
     bar.close()
+    ranks.barrier()  # data parallel: every shard is written before anyone reads the store
     return store
 
 

@@ -243,7 +243,9 @@ def p_true_scores(
         progress: show a progress bar.
         fmt: the prompt format (default `default_format(model)`: chat template if it has one).
         checkpoint: a JSONL file each finished batch's scores are appended to; a killed call
-            resumes there without judging those answers again (None: off).
+            resumes there without judging those answers again (None: off). Inside
+            `tl_truth.parallel.sharded`, each rank judges its share of the batches and every
+            rank returns every score.
 
     Returns:
         [n] scores in (0, 1), higher = the model thinks its answer is more likely true.
@@ -283,11 +285,12 @@ def p_true_scores(
             p_true[k] = p_a if true_first else 1.0 - p_a
         return p_true.mean(axis=0).tolist()
 
-    scores: list[float] = []
     parts = list(batches(len(records), batch_size))
+    mine = set(ckpt.pending(len(parts)))  # data parallel: this rank's share of them
     for b, start, end in tqdm(parts, desc="p(True)", disable=not progress, unit="batch"):
-        scores.extend(ckpt.get_or_compute(b, lambda s=start, e=end: judge(records[s:e])))
-    return np.asarray(scores, dtype=float)
+        if b in mine:
+            ckpt.get_or_compute(b, lambda s=start, e=end: judge(records[s:e]))
+    return np.asarray([x for item in ckpt.gather(len(parts)) for x in item], dtype=float)
 
 
 # ---------------------------------------------------------------------------------------------

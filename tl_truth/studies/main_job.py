@@ -31,11 +31,18 @@ from tl_truth.answers.run import (
 )
 from tl_truth.checkpoint import RunLock, maybe_die
 from tl_truth.data.questions import QADataset
+from tl_truth.parallel import SINGLE, Ranks, current_ranks, sharded
 from tl_truth.probing.activations import ActivationStore, capture, default_hooks
 from tl_truth.probing.baselines import evaluate_baselines, logit_scores, p_true_scores
-from tl_truth.probing.grid import ProbeGrid, fit_probe_grid
+from tl_truth.probing.grid import fit_probe_grid
 from tl_truth.studies.artefacts import EMBED_HOOK, artefact_report, method_scores
 from tl_truth.studies.main_report import ARTEFACT_KEYS, ProbeReport, fmt_value
+from tl_truth.studies.report_cells import (
+    EXACT_POSITIONS,
+    LAST_TOKEN_POSITIONS,
+    same_examples,
+    select_cell,
+)
 
 __all__ = [
     "ARTEFACT_KEYS",
@@ -49,58 +56,6 @@ __all__ = [
     "save_report",
     "select_cell",
 ]
-
-EXACT_POSITIONS = ("before_exact", "exact_first", "exact_last", "after_exact")
-LAST_TOKEN_POSITIONS = ("last_generated", "last_prompt")
-
-
-def select_cell(grid: ProbeGrid, positions: tuple[str, ...]) -> dict | None:
-    """The cell among `positions` with the best train cross-validation AUC, with extras.
-
-    Args:
-        grid: a fitted (or loaded) `ProbeGrid`.
-        positions: the candidate positions (those not in the grid are ignored).
-
-    Returns:
-        The cell's hook, layer, position, test AUC and CI, CV AUC, mean-difference and
-        shuffled-label AUCs and train/test counts; None if no candidate has a CV score.
-
-    >>> from tl_truth.probing import ProbeGrid
-    >>> grid = ProbeGrid.from_dict({
-    ...     "hooks": ["blocks.1.hook_resid_post"], "positions": ["exact_first", "exact_last"],
-    ...     "auc": [[0.7, 0.8]], "cv_auc": [[0.6, 0.75]], "n_test": [[20, 20]]})
-    >>> cell = select_cell(grid, EXACT_POSITIONS)
-    >>> cell["position"], cell["auc"], cell["cv_auc"]
-    ('exact_last', 0.8, 0.75)
-    >>> select_cell(grid, ("last_prompt",)) is None
-    True
-    """
-    positions = tuple(p for p in positions if p in grid.positions)
-    if not positions:
-        return None
-    try:
-        best = grid.best(by="cv", positions=positions)
-    except ValueError:
-        return None
-    h, p = grid.hooks.index(best["hook"]), grid.positions.index(best["position"])
-
-    def at(a):
-        v = float(np.asarray(a, dtype=float)[h, p])
-        return None if np.isnan(v) else v
-
-    return {
-        "hook": best["hook"],
-        "layer": best["layer"],
-        "position": best["position"],
-        "auc": at(grid.auc),
-        "ci": [at(grid.auc_ci_low), at(grid.auc_ci_high)],
-        "cv_auc": at(grid.cv_auc),
-        "auc_mean_diff": at(grid.auc_mean_diff),
-        "auc_shuffled": at(grid.auc_shuffled),
-        "n_train": int(np.asarray(grid.n_train)[h, p]),
-        "n_test": int(np.asarray(grid.n_test)[h, p]),
-    }
-
 
 P_TRUE_CHECKPOINT = "p_true.ckpt.jsonl"
 
@@ -182,7 +137,7 @@ def probe_report(
         test_rows = np.flatnonzero(test.numpy())
         judged = p_true_scores(
             model,
-            [records[i] for i in test_rows],
+            _test_records(run, store),
             progress=progress,
             checkpoint=Path(checkpoint_dir) / P_TRUE_CHECKPOINT if checkpoint_dir else None,
         )
@@ -231,38 +186,6 @@ def probe_report(
     )
 
 
-def same_examples(methods, selected, valid, store, positions, n_boot, seed) -> dict | None:
-    """Every method on the *same* test examples: those that have an exact answer.
-
-    The exact-answer probe can only be scored where an exact answer was located, which may be
-    an easier or harder subset than the whole test split; this table removes that difference.
-
-    Args:
-        methods: every method's scores per example (`studies.artefacts.method_scores`).
-        selected: the selected cells (`probe_report`); the "exact" one defines the examples.
-        valid: [n, positions] which examples have each position.
-        store: the activation store (labels and splits).
-        positions: the grid's positions (the columns of `valid`).
-        n_boot: bootstrap replicates for the CIs.
-        seed: the bootstrap seed.
-
-    Returns:
-        {"n": examples, "auc": method -> {"auc", "ci", "n"}}, or None when no exact-answer
-        cell was selected.
-
-    >>> same_examples({}, {"exact": None}, None, None, [], n_boot=10, seed=0) is None
-    True
-    """
-    ex = selected.get("exact")
-    if ex is None:
-        return None
-    test = store.split_mask("test") & valid[:, positions.index(ex["position"])]
-    table = evaluate_baselines(
-        methods, store.labels.numpy(), test.numpy(), n_boot=n_boot, seed=seed
-    )
-    return {"n": int(test.sum()), "auc": table}
-
-
 def run_all(
     model: Any,
     dataset: QADataset,
@@ -277,7 +200,8 @@ def run_all(
     progress: bool = True,
     locate: Locate = "blind",
     n_perm: int = 100,
-) -> ProbeReport:
+    ranks: Ranks | None = None,
+) -> ProbeReport | None:
     """`tl-truth run`: everything, written to `out_dir` (reuses finished generations/shards).
 
     Args:
@@ -293,9 +217,13 @@ def run_all(
         extract_with_model: the model-based exact-answer extraction fallback.
         locate: "blind" (default) or "paper": how the exact answer is located.
         n_perm: label permutations for the selected cell's null (0: none).
+        ranks: this process's place in a data-parallel run (`tl_truth.parallel`; None: one
+            process). Every rank calls `run_all` with the same arguments; the ranks share
+            generation, extraction, capture and p(True) (same results as one process), then
+            rank 0 alone fits the probes and writes the report.
 
     Returns:
-        The `ProbeReport` (also saved to `out_dir`).
+        The `ProbeReport` (also saved to `out_dir`); None on the ranks other than 0.
 
     On a tiny random model (it answers nothing right: the grid has no cell to select):
 
@@ -316,50 +244,33 @@ def run_all(
     (8, ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'])
     """
     out = Path(out_dir)
-    with RunLock(out):  # a second run on the same directory stops with the holder's name
-        t0 = time.perf_counter()
-        config = config or GenerationConfig()
-        gen_file = out / "generations.jsonl"
-        if gen_file.exists() and _same_questions(gen_file, dataset):
-            run = AnswerRun.load(out)  # resume: generation is the slow part
-            if not same_generation_settings(run.summary.get("generation"), config):
-                raise ValueError(
-                    f"{out} holds generations made with other settings "
-                    f"({run.summary.get('generation')}); use another --out or delete it"
-                )
-            if run.summary.get("locate", "paper") != locate:
-                # same answers, another locator: locate again (no generation), keep the old file
-                old = run.summary.get("locate", "paper")
-                gen_file.replace(out / f"generations.locate-{old}.jsonl")
-                if (out / "activations").exists():  # captured at the old positions
-                    (out / "activations").replace(out / f"activations.locate-{old}")
-                run = relocate(model, dataset, run, locate, extract_with_model, config.batch_size)
-                run.save(out)
-        else:
-            # killed here, a re-run resumes from the batches checkpointed in `out`
-            run = answer_questions(
+    ranks = ranks or SINGLE
+    progress = progress and ranks.is_main  # one set of progress bars
+    # a second run on the same directory stops with the holder's name (rank 0 holds it)
+    with RunLock(out, ranks):
+        with sharded(ranks):
+            t0 = time.perf_counter()
+            config = config or GenerationConfig()
+            run = _answers(model, dataset, out, config, fmt, extract_with_model, progress, locate)
+            t_gen = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            store = capture(
                 model,
-                dataset,
-                config,
-                fmt,
-                extract_with_model,
-                progress,
-                locate=locate,
-                checkpoint_dir=out,
+                run.records,
+                out / "activations",
+                hooks=[EMBED_HOOK, *[h for h in hooks or default_hooks(model) if h != EMBED_HOOK]],
+                positions=positions,
+                progress=progress,
             )
-            run.save(out)
-            clear_checkpoints(out, [GENERATE_CHECKPOINT, EXTRACT_CHECKPOINT])
-        t_gen = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        store = capture(
-            model,
-            run.records,
-            out / "activations",
-            hooks=[EMBED_HOOK, *[h for h in (hooks or default_hooks(model)) if h != EMBED_HOOK]],
-            positions=positions,
-            progress=progress,
-        )
-        t_cap = time.perf_counter() - t1
+            t_cap = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            if p_true and ranks.parallel:  # shared now; rank 0's report reads the checkpoints
+                judge = _test_records(run, store)
+                p_true_scores(model, judge, progress=progress, checkpoint=out / P_TRUE_CHECKPOINT)
+            t_shared_p_true = time.perf_counter() - t2
+        if not ranks.is_main:
+            return None
+        # rank 0 alone from here: the probe grid, the baselines, the controls, the report
         report = probe_report(
             model,
             run,
@@ -375,9 +286,55 @@ def run_all(
             "capture_s": round(t_cap, 2),
             **report.timings,
         }
+        report.timings["baselines_s"] = round(report.timings["baselines_s"] + t_shared_p_true, 2)
         save_report(report, out)
         clear_checkpoints(out)
         return report
+
+
+def _answers(model, dataset, out, config, fmt, extract_with_model, progress, locate) -> AnswerRun:
+    """The run's answers: generated (resuming from checkpoints), or read back and, for another
+    `locate`, located again. Data parallel, every rank gets them all and rank 0 writes them."""
+    ranks = current_ranks()
+    gen_file = out / "generations.jsonl"
+    if gen_file.exists() and _same_questions(gen_file, dataset):
+        run = AnswerRun.load(out)  # resume: generation is the slow part
+        if not same_generation_settings(run.summary.get("generation"), config):
+            raise ValueError(
+                f"{out} holds generations made with other settings "
+                f"({run.summary.get('generation')}); use another --out or delete it"
+            )
+        old = run.summary.get("locate", "paper")
+        if old != locate:
+            # same answers, another locator: locate again (no generation), keep the old file
+            run = relocate(model, dataset, run, locate, extract_with_model, config.batch_size)
+            if ranks.is_main:
+                gen_file.replace(out / f"generations.locate-{old}.jsonl")
+                if (out / "activations").exists():  # captured at the old positions
+                    (out / "activations").replace(out / f"activations.locate-{old}")
+                run.save(out)
+    else:
+        # killed here, a re-run resumes from the batches checkpointed in `out`
+        run = answer_questions(
+            model,
+            dataset,
+            config,
+            fmt,
+            extract_with_model,
+            progress,
+            locate=locate,
+            checkpoint_dir=out,
+        )
+        if ranks.is_main:
+            run.save(out)
+            clear_checkpoints(out, [GENERATE_CHECKPOINT, EXTRACT_CHECKPOINT])
+    ranks.barrier()  # what rank 0 wrote or moved is in place before capture
+    return run
+
+
+def _test_records(run: AnswerRun, store: ActivationStore) -> list:
+    """The answers p(True) judges: the test split's (the baselines are scored there only)."""
+    return [run.records[i] for i in np.flatnonzero(store.split_mask("test").numpy())]
 
 
 def _same_questions(gen_file: Path, dataset: QADataset) -> bool:

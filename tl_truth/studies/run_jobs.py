@@ -19,6 +19,7 @@ from tl_truth.answers.run import AnswerRun, answer_questions
 from tl_truth.config import GeneralizeConfig, ProbeConfig, RunOptions
 from tl_truth.data.questions import QADataset
 from tl_truth.models import ModelInfo, model_info
+from tl_truth.parallel import Ranks
 from tl_truth.probing.activations import ActivationStore
 from tl_truth.studies.generalization import GeneralizationResult, generalization_matrix
 from tl_truth.studies.job_setup import _configs, _lazy, _questions, log
@@ -72,7 +73,8 @@ def run_job(
     probing: ProbeConfig | None = None,
     model: Any = None,
     dataset: QADataset | None = None,
-) -> ProbeReport:
+    ranks: Ranks | None = None,
+) -> ProbeReport | None:
     """`tl-truth run`: generate, capture, probe grid, baselines, controls -> one report.
 
     Finished generations and activation shards in `options.out` are reused.
@@ -83,10 +85,12 @@ def run_job(
         model: the model to use (None: loaded from `options`).
         dataset: the questions if already loaded (default: `options.dataset`,
             `options.limit`).
+        ranks: this process's place in a data-parallel run (`tl_truth.parallel`; None: one
+            process); see `run_all`.
 
     Returns:
         The `ProbeReport`, written to `options.out` (report.json / .md, probe_grid.png,
-        best_probe.* when a cell was selected).
+        best_probe.* when a cell was selected); None on the ranks other than 0.
 
     >>> import tempfile
     >>> import tl_truth as tt
@@ -116,6 +120,7 @@ def run_job(
         progress=options.progress,
         locate=probing.locate,
         n_perm=probing.n_perm,
+        ranks=ranks,
     )
 
 
