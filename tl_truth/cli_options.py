@@ -395,7 +395,7 @@ def _correction(p: argparse.ArgumentParser, d: CorrectConfig) -> None:
         "--position",
         dest="correction.position",
         default=d.position,
-        help="the probe's position (refitted at the run's layer); None: the run's selected one",
+        help="the probe's position (refitted at the run's layer); None: the run's selected one if it reads the candidate, else exact_last",
     )
     p.add_argument(
         "--n-boot",

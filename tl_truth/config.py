@@ -474,8 +474,10 @@ class CorrectConfig:
         slot: where candidates branch off the greedy answer: "exact" (at its exact answer,
             keeping the text before it; at the start when none was located) or "start".
         split: the run's questions corrected ("test": the probe never trained on them).
-        position: the probe's position (None: the run's selected cell's); the probe is refitted
-            on the run's train split at the selected cell's layer and hook kind.
+        position: the probe's position (None: the run's selected cell's if it reads the
+            candidate's own tokens, else "exact_last": before the answer every candidate would
+            tie); the probe is refitted on the run's train split at the selected cell's layer
+            and hook kind.
         n_boot: bootstrap replicates for the CIs.
         seed: the bootstrap seed.
 

@@ -10,6 +10,7 @@ checkpointed in the output directory (`correct.ckpt.jsonl`), so a killed job res
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,34 @@ def _run_questions(options: RunOptions, run: AnswerRun, run_dir: Path) -> QAData
         ) from e
 
 
+# Positions that read the candidate's own tokens. At any other position (before the exact
+# answer, the prompt) every candidate of a question gets the same activation, so the probe
+# could only tie and the "choice" would silently be the likelihood's.
+READS_CANDIDATE = ("exact_first", "exact_last", "after_exact")
+
+
+def probe_position(cell: dict, position: str | None, captured: Sequence[str] | None = None) -> str:
+    """The position the probe reads: `position`, else the run's cell if it reads the candidate.
+
+    Args:
+        cell: the run's selected cell (`run_cell`).
+        position: the position asked for (None: decide from the cell).
+        captured: the positions the run's store holds (None: any).
+
+    Returns:
+        `position`; else the cell's position if in `READS_CANDIDATE`; else "exact_last" if
+        captured; else the cell's position (the result then reports the ties it gives).
+
+    >>> probe_position({"position": "before_exact"}, None), probe_position({"position": "exact_first"}, None)
+    ('exact_last', 'exact_first')
+    """
+    if position is not None:
+        return position
+    if cell["position"] in READS_CANDIDATE:
+        return cell["position"]
+    return "exact_last" if captured is None or "exact_last" in captured else cell["position"]
+
+
 def _probe(run_dir: Path, cell: dict, position: str | None, info: ModelInfo) -> Probe:
     m = re.fullmatch(r"blocks\.(\d+)\.hook_(\w+)", cell["hook"])
     if m is None:
@@ -120,7 +149,7 @@ def _probe(run_dir: Path, cell: dict, position: str | None, info: ModelInfo) -> 
     store = ActivationStore.open(run_dir / "activations")
     layer, kind = int(m.group(1)), m.group(2)
     (probe, _), = probes_from_store(
-        store, [layer], position or cell["position"], hook_kind=kind, expect_model=info
+        store, [layer], probe_position(cell, position, store.positions), hook_kind=kind, expect_model=info
     ).values()  # fmt: skip
     return probe
 
