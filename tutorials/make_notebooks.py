@@ -495,6 +495,42 @@ print([g[0].answer_token_ids for g in a] == [g[0].answer_token_ids for g in b])
     ),
     md(
         """
+## Other directions, and correction without steering
+
+The probe's weight vector is not the only direction to push: Inference-Time Intervention found
+the mass-mean shift (mean of right minus mean of wrong activations) works better. Its
+projection SD is much larger than the probe's, so compare them at the same *absolute* norm.
+`tl-truth steer --directions probe,mass_mean,contrastive,heads` chooses each family's layer,
+strength (and heads) on a validation split carved from train, then tests once against random
+directions of the same norm.
+
+Correction can also skip steering: force each of the k most likely candidate answers, let the
+probe score each at its own exact answer, and answer with the one it trusts most
+(`tt.probe_guided_choice`, `tl-truth correct`).
+"""
+    ),
+    code(
+        """
+mm = tt.mass_mean(x[train], store.labels[rows][train].bool(), hook=hook, layer=16)
+norm = 2 * direction.projection_std  # both pushed with the same absolute norm
+print(f"projection SD: probe {direction.projection_std:.1f}, mass-mean {mm.projection_std:.1f}")
+for name, d in [("probe", direction), ("mass-mean", mm), ("random", tt.random_like(mm, 1)[0])]:
+    with tt.steer(model, d, alpha=norm, units="abs", scope="all"):
+        steered = tt.answer_questions(model, test_qs, cfg, extract_with_model=False,
+                                      progress=False)
+    n, rec, brk = rates(steered.records)
+    print(f"{name:>10} at |push| {norm:.1f}: correct {n}, recovered {rec}, broken {brk}")
+"""
+    ),
+    code(
+        """
+choice = tt.probe_guided_choice(model, ds, base.records[:8], probe, k=3, progress=False,
+                                n_boot=200)
+choice.to_dataframe()
+"""
+    ),
+    md(
+        """
 ## The probe inside activation patching
 
 Questions answered wrong greedily but right in one of K samples ("knows more than it shows",
