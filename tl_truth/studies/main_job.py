@@ -33,6 +33,7 @@ from tl_truth.checkpoint import RunLock, maybe_die
 from tl_truth.data.questions import QADataset
 from tl_truth.probing.activations import ActivationStore, capture, default_hooks
 from tl_truth.probing.baselines import evaluate_baselines, logit_scores, p_true_scores
+from tl_truth.probing.fused_capture import FusedCapture
 from tl_truth.probing.grid import ProbeGrid, fit_probe_grid
 from tl_truth.studies.artefacts import EMBED_HOOK, artefact_report, method_scores
 from tl_truth.studies.main_report import ARTEFACT_KEYS, ProbeReport, fmt_value
@@ -277,8 +278,13 @@ def run_all(
     progress: bool = True,
     locate: Locate = "blind",
     n_perm: int = 100,
+    fused_capture: bool = True,
 ) -> ProbeReport:
     """`tl-truth run`: everything, written to `out_dir` (reuses finished generations/shards).
+
+    Activations are captured inside generation (`FusedCapture`: the decode loop's hooks, no
+    second forward pass); answers it did not record (generations read back on a resumed run)
+    get the two-pass capture. The report's `capture` says which path served how many answers.
 
     Args:
         model: a HookedTransformer or TransformerBridge.
@@ -293,6 +299,7 @@ def run_all(
         extract_with_model: the model-based exact-answer extraction fallback.
         locate: "blind" (default) or "paper": how the exact answer is located.
         n_perm: label permutations for the selected cell's null (0: none).
+        fused_capture: capture inside generation (False: the two-pass `capture` for all).
 
     Returns:
         The `ProbeReport` (also saved to `out_dir`).
@@ -312,13 +319,17 @@ def run_all(
     ...     files = sorted(p.name for p in Path(d).iterdir())
     >>> files
     ['activations', 'generations.jsonl', 'probe_grid.png', 'report.json', 'report.md', 'summary.json']
-    >>> report.summary["n"], report.grid.hooks
-    (8, ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'])
+    >>> report.summary["n"], report.grid.hooks, report.capture["path"]
+    (8, ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'], 'fused')
     """
     out = Path(out_dir)
     with RunLock(out):  # a second run on the same directory stops with the holder's name
         t0 = time.perf_counter()
         config = config or GenerationConfig()
+        hooks = [EMBED_HOOK, *[h for h in (hooks or default_hooks(model)) if h != EMBED_HOOK]]
+        fused = (
+            FusedCapture(model, out / "activations", hooks, positions) if fused_capture else None
+        )
         gen_file = out / "generations.jsonl"
         if gen_file.exists() and _same_questions(gen_file, dataset):
             run = AnswerRun.load(out)  # resume: generation is the slow part
@@ -346,20 +357,20 @@ def run_all(
                 progress,
                 locate=locate,
                 checkpoint_dir=out,
+                capture=fused,
             )
             run.save(out)
             clear_checkpoints(out, [GENERATE_CHECKPOINT, EXTRACT_CHECKPOINT])
-        t_gen = time.perf_counter() - t0
+        t_gen = time.perf_counter() - t0 - (fused.seconds if fused else 0.0)
         t1 = time.perf_counter()
-        store = capture(
-            model,
-            run.records,
-            out / "activations",
-            hooks=[EMBED_HOOK, *[h for h in (hooks or default_hooks(model)) if h != EMBED_HOOK]],
-            positions=positions,
-            progress=progress,
-        )
-        t_cap = time.perf_counter() - t1
+        if fused is not None:
+            store = fused.finish(model, run.records, progress=progress)
+            t_cap = fused.seconds  # gathering and writing, during generation and after it
+        else:
+            store = capture(
+                model, run.records, out / "activations", hooks, positions, progress=progress
+            )
+            t_cap = time.perf_counter() - t1
         report = probe_report(
             model,
             run,
@@ -374,6 +385,12 @@ def run_all(
             "generate_s": round(t_gen, 2),
             "capture_s": round(t_cap, 2),
             **report.timings,
+        }
+        report.capture = store.meta.get("capture") or {
+            "path": "two_pass",
+            "fused_rows": 0,
+            "two_pass_rows": len(store),
+            "two_pass_reasons": {"fused_capture_off": len(store)},
         }
         save_report(report, out)
         clear_checkpoints(out)

@@ -116,6 +116,7 @@ def run_job(
         progress=options.progress,
         locate=probing.locate,
         n_perm=probing.n_perm,
+        fused_capture=probing.capture == "fused",
     )
 
 
