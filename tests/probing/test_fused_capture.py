@@ -202,3 +202,18 @@ def test_finish_resumes_from_the_shards_left_behind(tmp_path):
         again.finish(model, records, progress=False)
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta == store.meta
+
+
+def test_a_store_of_other_settings_is_refused_before_generating(tmp_path):
+    model = tiny_model("llama")
+    records = [{"id": "q", "task": "t", "split": "train", "correct": True,
+                "prompt_token_ids": [1, 20, 30], "answer_token_ids": [50]}]  # fmt: skip
+    capture(model, records, tmp_path, ["blocks.0.hook_resid_post"], progress=False)
+    with pytest.raises(ValueError, match="different activation store.*hooks"):
+        FusedCapture(model, tmp_path, ["blocks.1.hook_resid_post"])
+    # same settings: left untouched while generating, reused when the records match
+    fused = FusedCapture(model, tmp_path, ["blocks.0.hook_resid_post"])
+    assert fused.finished
+    fused.add([0], records, [torch.zeros(1, 2, 32)], [True])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "shard_00000.safetensors"]
+    assert fused.finish(model, records, progress=False).meta == ActivationStore.open(tmp_path).meta

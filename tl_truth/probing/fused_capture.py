@@ -110,9 +110,16 @@ class FusedCapture:
         self.names = [_positions_label(p) for p in self.positions]
         self.key = digest(STORE_VERSION, self.info.fingerprint, self.hooks, self.names, dtype)
         self.pending: dict[int, Tensor] = {}
-        self.pending_limit = pending_mb * 2**20
+        self.pending_bytes, self.pending_limit = 0, pending_mb * 2**20
         self.reasons: Counter = Counter()  # why rows went to the two-pass capture
         self.seconds = 0.0  # time spent gathering and writing (the capture's own cost)
+        # A finished store already there: refused now if its settings differ (before any
+        # generation); left untouched otherwise (`finish` reuses it if its records match).
+        self.finished = False
+        if (self.out / META_FILE).exists():
+            old = read_json_file(self.out / META_FILE)
+            self._check(old, self._base([]), skip=("examples",))
+            self.finished = ActivationStore(self.out, old).is_complete()
 
     # -- during generation ------------------------------------------------------------------
     def add(
@@ -130,7 +137,7 @@ class FusedCapture:
             acts: their recorded activations (None: the batch came from a checkpoint).
             final: False where the exact answer awaits the model's extraction (kept pending).
         """
-        if acts is None:
+        if acts is None or self.finished:
             return
         t0 = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -140,16 +147,34 @@ class FusedCapture:
                 rows.append(f)
                 recs.append(rec)
                 ready.append(a)
-            elif self._pending_bytes() + a.numel() * a.element_size() <= self.pending_limit:
+            elif self.pending_bytes + a.numel() * a.element_size() <= self.pending_limit:
                 self.pending[f] = a
+                self.pending_bytes += a.numel() * a.element_size()
             else:
                 self.reasons["over_pending_memory"] += 1
         if rows:
             self._write_fused(rows, recs, ready)
         self.seconds += time.perf_counter() - t0
 
-    def _pending_bytes(self) -> int:
-        return sum(a.numel() * a.element_size() for a in self.pending.values())
+    def _base(self, records: Sequence[Any]) -> dict:
+        """meta.json without its shards."""
+        return {
+            "version": STORE_VERSION,
+            "model": self.info.to_dict(),
+            "hooks": self.hooks,
+            "positions": self.names,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "d_model": self.info.d_model,
+            "examples": store_examples(records),
+        }
+
+    def _check(self, old: dict, base: dict, skip: tuple[str, ...] = ()) -> None:
+        diff = [k for k in base if k not in skip and old.get(k) != base[k]]
+        if diff:
+            raise ValueError(
+                f"{self.out} holds a different activation store (differs in: "
+                f"{', '.join(diff)}); use another directory or delete it"
+            )
 
     def _write_fused(self, rows: list[int], recs: list, acts: list[Tensor]) -> None:
         pos = resolve_positions(self.positions, recs)
@@ -193,24 +218,11 @@ class FusedCapture:
         """
         t0 = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
-        base = {
-            "version": STORE_VERSION,
-            "model": self.info.to_dict(),
-            "hooks": self.hooks,
-            "positions": self.names,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "d_model": self.info.d_model,
-            "examples": store_examples(records),
-        }
+        base = self._base(records)
         meta_path = self.out / META_FILE
         if meta_path.exists():
             old = read_json_file(meta_path)
-            diff = [k for k in base if old.get(k) != base[k]]
-            if diff:
-                raise ValueError(
-                    f"{self.out} holds a different activation store (differs in: "
-                    f"{', '.join(diff)}); use another directory or delete it"
-                )
+            self._check(old, base)
             store = ActivationStore(self.out, old)
             if store.is_complete():
                 self._clean({s["file"] for s in old["shards"]})
@@ -220,7 +232,7 @@ class FusedCapture:
         for start in range(0, len(pending), self.shard_size):
             chunk = pending[start : start + self.shard_size]
             self._write_fused(chunk, [records[f] for f in chunk], [self.pending[f] for f in chunk])
-        self.pending = {}
+        self.pending, self.pending_bytes = {}, 0
         shards, covered = self._collect(records)
         missing = [f for f in range(len(records)) if f not in covered]
         shards += self._two_pass(model, records, missing, progress)
