@@ -49,6 +49,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_generation.py
 	$(PY) benchmarks/bench_capture.py
+	$(PY) benchmarks/bench_pipeline.py
 	$(PY) benchmarks/bench_probe_grid.py
 	$(PY) benchmarks/bench_extraction.py
 	$(PY) benchmarks/bench_data_parallel.py

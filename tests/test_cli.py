@@ -178,6 +178,8 @@ def test_flags_parse_into_normalised_configs():
     ]
     assert parse(["generalize", "--positions", "all"])["generalization"].positions is None
     assert parse(["select", "--no-model-extract"])["options"].model_extract is False
+    assert parse(["run"])["probing"].capture == "fused"
+    assert parse(["run", "--capture", "two_pass"])["probing"].capture == "two_pass"
 
 
 def test_configs_reject_bad_values():
@@ -185,6 +187,8 @@ def test_configs_reject_bad_values():
         ProbeConfig(hooks="resid_post,nope")
     with pytest.raises(ValueError, match="units"):
         SteeringConfig(units="px")
+    with pytest.raises(ValueError, match="capture"):
+        ProbeConfig(capture="twice")
     assert cli.main(["run", "--hooks", "nope", "--out", "/nonexistent"]) == 2
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from tl_truth.config import (
     BACKENDS,
+    CAPTURE_PATHS,
     DIRECTION_FAMILIES,
     SLOTS,
     SPLITS,
@@ -162,6 +163,7 @@ def _probing(
         "p_true",
         "locate",
         "n_perm",
+        "capture",
     ),
     note: str = "",
 ) -> None:
@@ -218,6 +220,15 @@ def _probing(
             type=int,
             default=d.n_perm,
             help="label permutations for the selected probe's null (0: none)" + note,
+        )
+    if "capture" in flags:
+        p.add_argument(
+            "--capture",
+            dest="probing.capture",
+            choices=CAPTURE_PATHS,
+            default=d.capture,
+            help="fused: read activations inside generation (no second forward pass); "
+            "two_pass: run every answer through the model again" + note,
         )
 
 

@@ -37,6 +37,7 @@ from tl_truth.models import DEFAULT_MODEL, HOOK_KINDS, hook_name
 BACKENDS = ("bridge", "hooked")
 UNITS = ("sd", "abs")
 SPLITS = ("test", "train", "all")
+CAPTURE_PATHS = ("fused", "two_pass")
 LayerSpec = str | tuple[int, ...]
 
 # The studies compare many answers to the same question: short answers keep them affordable.
@@ -202,6 +203,9 @@ class ProbeConfig:
             or "paper" (Orgad et al.: the gold alias of a correct answer first).
         n_perm: train-label permutations for the selected exact-answer cell's null
             distribution, the cell re-selected each time (0: none).
+        capture: "fused" reads activations inside generation (the decode loop's hooks, no
+            second forward pass; answers it did not record get the two-pass capture);
+            "two_pass" runs every answer through the model again after generation.
 
     >>> ProbeConfig(hooks="resid_post,attn_out", layers="every:2").hooks
     ('resid_post', 'attn_out')
@@ -214,9 +218,12 @@ class ProbeConfig:
     p_true: bool = True
     locate: str = "blind"
     n_perm: int = 100
+    capture: str = "fused"
 
     def __post_init__(self) -> None:
         _set(self, "hooks", _strings(self.hooks))
+        if self.capture not in CAPTURE_PATHS:
+            raise ValueError(f"capture must be one of {CAPTURE_PATHS}, got {self.capture!r}")
         _set(self, "layers", _layer_spec(self.layers))
         if self.positions is not None:
             _set(self, "positions", _strings(self.positions) or None)

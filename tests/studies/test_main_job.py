@@ -4,6 +4,7 @@ answers nothing right), and `tl-truth run` on the real SmolLM2 on a small slice.
 import json
 
 import pytest
+import torch
 
 from tl_truth.answers.generation import GenerationConfig
 from tl_truth.answers.run import AnswerRun, answer_questions, summarize
@@ -209,3 +210,53 @@ def test_report_has_the_controls_contract(tmp_path):
 
     again = ProbeReport.load(tmp_path)
     assert again.to_dict()["beyond_artefacts"]["against"] == b["against"]
+
+
+def test_fused_and_two_pass_runs_give_the_same_grid(tmp_path):
+    """`tl-truth run` capturing inside generation and with a second forward pass: the same
+    store (to float error) and the same AUC grid (within 0.01; labels made learnable by
+    taking a word of half the tiny model's own answers as their gold)."""
+    import numpy as np
+    from tiny import tiny_model
+
+    from tl_truth.probing.activations import ActivationStore
+    from tl_truth.studies.main_job import run_all
+
+    model = tiny_model("llama", "bridge")
+    cfg = GenerationConfig(max_new_tokens=5, batch_size=8)
+    qs = [make_question(str(i), f"What is {i} + 1?", "-", "sums", "math") for i in range(32)]
+    first = answer_questions(model, QADataset("sums", qs), cfg, extract_with_model=False,
+                             progress=False)  # fmt: skip
+    qs = [
+        make_question(
+            q.id,
+            q.question,
+            (r["answer"].split() or ["-"])[0] if i % 2 else "never said",
+            "sums",
+            "math",
+            split="test" if i % 3 == 0 else "train",
+        )
+        for i, (q, r) in enumerate(zip(qs, first.records, strict=True))
+    ]
+    ds = QADataset("sums", qs)
+    reports, stores = {}, {}
+    for fused in (True, False):
+        out = tmp_path / str(fused)
+        reports[fused] = run_all(model, ds, out, cfg, n_boot=10, p_true=False, progress=False,
+                                 extract_with_model=False, n_perm=0, fused_capture=fused)  # fmt: skip
+        stores[fused] = ActivationStore.open(out / "activations").load()
+    assert reports[True].capture["path"] == "fused"
+    assert reports[False].capture["path"] == "two_pass"
+    labels = [r["correct"] for r in AnswerRun.load(tmp_path / "True").records]
+    assert 4 <= sum(labels) <= 28
+    (a, va), (b, vb) = stores[True], stores[False]
+    assert torch.equal(va, vb) and torch.allclose(a, b, atol=2e-3, rtol=1e-3)  # float16 store
+    grid_f, grid_t = (np.asarray(reports[f].grid.auc, dtype=float) for f in (True, False))
+    assert np.array_equal(np.isnan(grid_f), np.isnan(grid_t)) and not np.isnan(grid_f).all()
+    assert np.nanmax(np.abs(grid_f - grid_t)) <= 0.01
+    assert reports[True].timings.keys() >= {"generate_s", "capture_s", "probe_s", "baselines_s"}
+    saved = json.loads((tmp_path / "True" / "report.json").read_text())
+    assert (
+        saved["capture"]["fused_rows"] == 32
+        and "inside generation" in (tmp_path / "True" / "report.md").read_text()
+    )

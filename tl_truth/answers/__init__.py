@@ -11,6 +11,7 @@ from tl_truth.answers.positions import NAMED_POSITIONS, resolve_position, resolv
 from tl_truth.answers.prompts import CHAT, QA, PromptFormat, default_format, parse_format
 from tl_truth.answers.record import AnswerRecord
 from tl_truth.answers.run import AnswerRun, answer_questions, summarize
+from tl_truth.answers.token_acts import TokenRecorder
 
 __all__ = [
     "CHAT",
@@ -23,6 +24,7 @@ __all__ = [
     "GenerationConfig",
     "Grade",
     "PromptFormat",
+    "TokenRecorder",
     "answer_questions",
     "default_format",
     "find_exact_answer",

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from tl_truth.answers.decode_step import _STATE, DecodeState, _stepper
 from tl_truth.answers.decode_step import decode_state as decode_state
 from tl_truth.answers.prompts import PromptFormat, default_format
+from tl_truth.answers.token_acts import TokenRecorder
 from tl_truth.checkpoint import JsonlCheckpoint, batches, digest
 from tl_truth.models import model_device, model_info
 
@@ -76,6 +78,10 @@ class Generation:
 
 # ---------------------------------------------------------------------------------------------
 # Decoding
+
+# `on_batch(rows, results, acts)`: (prompt, sample) pairs, their result dicts, and their
+# recorded activations (None: no recorder, or the batch came from the checkpoint).
+BatchCallback = Callable[[list[tuple[int, int]], list[dict], "list[Tensor] | None"], None]
 
 
 @dataclass
@@ -166,6 +172,8 @@ def generate_ids(
     desc: str = "generate",
     checkpoint: str | Path | None = None,
     share_prefix: bool = False,
+    record: TokenRecorder | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> list[list[dict]]:
     """Decode from token-id prompts (the loop under `generate`, for prompts already tokenised).
 
@@ -180,6 +188,13 @@ def generate_ids(
     `tl_truth.parallel.sharded`, each rank decodes its share of the batches (greedy only) and
     the ranks swap their results: every rank returns every answer (see `JsonlCheckpoint`).
 
+    With `record` (a `TokenRecorder`), the loop's own hooks keep each row's activations at its
+    last prompt token and at every answer token, and `on_batch(rows, results, acts)` gets them
+    after each batch: `rows` the (prompt, sample) pairs, `results` their dicts, `acts` one
+    `[n_hooks, 1 + n_answer, d_model]` tensor per row (None for a batch read back from the
+    checkpoint: activations are not checkpointed). Inside `sharded`, other ranks' batches reach
+    `on_batch` after the loop, without activations.
+
     Args:
         model: a HookedTransformer or TransformerBridge (`tl_truth.load_model`).
         prompt_ids: one list of token ids per prompt (unpadded, non-empty).
@@ -189,6 +204,8 @@ def generate_ids(
         desc: the progress bar's label (and the checkpoint's stage name).
         checkpoint: a JSONL file to append finished batches to and resume from (None: off).
         share_prefix: run the prompts' common token prefix once (when >= 32 tokens).
+        record: a `TokenRecorder` whose hooks run while each batch decodes (None: none).
+        on_batch: called after every batch with its rows, results and recorded activations.
 
     Returns:
         Per prompt, K dicts (K = `config.num_samples`) with ``answer_token_ids``,
@@ -257,37 +274,50 @@ def generate_ids(
     touched = [b for b in range(len(groups)) if b in mine or b in ckpt.done()]
     prefix_stepper = None
 
-    def decode(batch_rows) -> dict:
+    def decode(b: int) -> dict:
         nonlocal prefix_stepper
+        batch_rows = groups[b]
         prefilled = None
         if prefix_len:
             if prefix_stepper is None:
                 prefix_stepper = _prefill(model, prompt_ids[0][:prefix_len], device)
             prefilled = (_expanded_copy(prefix_stepper, len(batch_rows), device), prefix_len)
-        results = _decode_batch(
-            model,
-            [prompt_ids[i][prefix_len:] for i, _ in batch_rows],
-            cfg,
-            stops,
-            newline_ids,
-            pad_id,
-            device,
-            gen,
-            prefilled=prefilled,
-        )
+        if record is not None:
+            record.begin()
+        with model.hooks(fwd_hooks=record.fwd_hooks()) if record else nullcontext():
+            results = _decode_batch(
+                model,
+                [prompt_ids[i][prefix_len:] for i, _ in batch_rows],
+                cfg,
+                stops,
+                newline_ids,
+                pad_id,
+                device,
+                gen,
+                prefilled=prefilled,
+                recorder=record,
+            )
+        if record is not None:
+            fresh[b] = record.take([len(r["answer_token_ids"]) for r in results])
         # the sampler's state after the batch, so a resumed run continues the same stream
         return {"results": results, "rng": gen.get_state().tolist()}
 
+    fresh: dict[int, Any] = {}  # batch -> its recorded activations, when decoded just now
     total = sum(len(groups[b]) for b in touched)
     bar = tqdm(total=total, desc=desc, disable=not progress, unit="ans")
     for b in touched:  # in order: a finished batch restores the sampler's state after it
-        item = ckpt.get_or_compute(b, lambda rows=groups[b]: decode(rows))
+        item = ckpt.get_or_compute(b, lambda b=b: decode(b))
         gen.set_state(torch.tensor(item["rng"], dtype=torch.uint8))  # a no-op when just decoded
+        if on_batch is not None:  # per batch, so recorded activations never pile up
+            on_batch(groups[b], item["results"], fresh.pop(b, None))
         bar.update(len(groups[b]))
     bar.close()
-    for batch_rows, item in zip(groups, ckpt.gather(len(groups)), strict=True):
+    seen = set(touched)
+    for b, (batch_rows, item) in enumerate(zip(groups, ckpt.gather(len(groups)), strict=True)):
         for (i, k), res in zip(batch_rows, item["results"], strict=True):
             out[i][k] = res
+        if on_batch is not None and b not in seen:  # another rank's batch: no activations
+            on_batch(batch_rows, item["results"], None)
     return out  # type: ignore[return-value]
 
 
@@ -372,10 +402,11 @@ def _left_pad(prompts, pad_id) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def _decode_batch(
-    model, prompts, cfg, stops, newline_ids, pad_id, device, gen, prefilled=None
+    model, prompts, cfg, stops, newline_ids, pad_id, device, gen, prefilled=None, recorder=None
 ) -> list[dict]:
     """Decode one batch. `prefilled`: (stepper, prefix length) whose cache already holds a
-    prefix shared by every row (`prompts` are then the equal-length suffixes after it)."""
+    prefix shared by every row (`prompts` are then the equal-length suffixes after it).
+    `recorder`: a `TokenRecorder` whose hooks are on (it needs the last token fed too)."""
     batch = len(prompts)
     # With the cache, rows that share a prompt (K samples) share one prompt pass: the cache is
     # then repeated row-wise. Without it every pass re-runs the sequence, so rows stay rows.
@@ -410,6 +441,8 @@ def _decode_batch(
     if index is not None:
         step_fn.expand(index.to(device))
         logits = logits[index.to(logits.device)]
+        if recorder is not None:
+            recorder.expand(index)
     answers: list[list[int]] = [[] for _ in range(batch)]
     logprobs: list[list[float]] = [[] for _ in range(batch)]
     stop_reason = ["max_tokens"] * batch
@@ -440,6 +473,12 @@ def _decode_batch(
         feed_mask = torch.ones((batch, 1), dtype=torch.long, device=device)
         logits = forward(nxt[:, None].to(device), feed_mask, offset, step + 1, pads, lengths)
         offset += 1
+    if recorder is not None and cfg.max_new_tokens > 0 and not bool(done.all()):
+        # Rows that ran to max_new_tokens: their last token was never fed. One more pass feeds
+        # it, only so the recorder sees its activation (the logits are not used).
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        feed_mask = torch.ones((batch, 1), dtype=torch.long, device=device)
+        forward(nxt[:, None].to(device), feed_mask, offset, step + 1, pads, lengths)
     return [
         {
             "answer_token_ids": answers[r],
@@ -458,6 +497,8 @@ def generate(
     fmt: PromptFormat | None = None,
     progress: bool = True,
     checkpoint: str | Path | None = None,
+    record: TokenRecorder | None = None,
+    on_batch: Callable[[list[tuple[int, Generation]], list[Tensor] | None], None] | None = None,
 ) -> list[list[Generation]]:
     """Answer questions: render the prompts, tokenise them and decode (hooks fire every step).
 
@@ -469,6 +510,9 @@ def generate(
         progress: show a progress bar.
         checkpoint: a JSONL file that finished batches are appended to, so a killed call
             resumes where it stopped with identical results (see `generate_ids`).
+        record: a `TokenRecorder` run inside the decode loop (see `generate_ids`).
+        on_batch: called after each batch with its (question index, `Generation`) pairs and
+            their recorded activations (None without `record`, or for a checkpointed batch).
 
     Returns:
         Per question, `config.num_samples` `Generation`s, in question order.
@@ -490,24 +534,33 @@ def generate(
     prompts = [fmt.render(tok, t) for t in texts]
     prompt_ids = tokenize_prompts(tok, prompts, fmt)
     stop_nl = fmt.stop_at_newline if cfg.stop_at_newline is None else cfg.stop_at_newline
+
+    made: dict[tuple[int, int], Generation] = {}
+
+    def make(i: int, k: int, s: dict) -> Generation:
+        if (i, k) not in made:
+            text = tok.decode(s["answer_token_ids"], clean_up_tokenization_spaces=False)
+            made[i, k] = Generation(prompts[i], list(prompt_ids[i]), text=text, sample_index=k, **s)
+        return made[i, k]
+
+    batch_done = None
+    if on_batch is not None:
+
+        def batch_done(rows, results, acts) -> None:
+            on_batch([(i, make(i, k, s)) for (i, k), s in zip(rows, results, strict=True)], acts)
+
     t0 = time.perf_counter()
     raw = generate_ids(
-        model, prompt_ids, cfg, stop_at_newline=stop_nl, progress=progress, checkpoint=checkpoint
+        model,
+        prompt_ids,
+        cfg,
+        stop_at_newline=stop_nl,
+        progress=progress,
+        checkpoint=checkpoint,
+        record=record,
+        on_batch=batch_done,
     )
     elapsed = time.perf_counter() - t0
-    result = []
-    for prompt, ids, samples in zip(prompts, prompt_ids, raw, strict=False):
-        result.append(
-            [
-                Generation(
-                    prompt=prompt,
-                    prompt_token_ids=list(ids),
-                    text=tok.decode(s["answer_token_ids"], clean_up_tokenization_spaces=False),
-                    sample_index=k,
-                    **s,
-                )
-                for k, s in enumerate(samples)
-            ]
-        )
+    result = [[make(i, k, s) for k, s in enumerate(samples)] for i, samples in enumerate(raw)]
     object.__setattr__(model, "_tl_truth_last_generate_s", elapsed)
     return result

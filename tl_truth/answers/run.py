@@ -43,6 +43,7 @@ from tl_truth.answers.positions import exact_answer_token_span
 from tl_truth.answers.prompts import PromptFormat, default_format
 from tl_truth.answers.record import AnswerRecord
 from tl_truth.answers.summary import LOCATED_GAP_WARNING, located_rates, summarize
+from tl_truth.answers.token_acts import AnswerCapture
 from tl_truth.data.questions import QADataset, Question
 from tl_truth.models import model_info
 from tl_truth.parallel import rank_files
@@ -158,8 +159,12 @@ def answer_questions(
     progress: bool = True,
     locate: Locate = "blind",
     checkpoint_dir: str | Path | None = None,
+    capture: AnswerCapture | None = None,
 ) -> AnswerRun:
     """Generate, grade and locate the exact answer for every question (K samples each).
+
+    Each generated batch is graded and located (by string matching) as soon as it is decoded;
+    the model-based extraction then runs once over every answer string matching missed.
 
     Args:
         model: a HookedTransformer or TransformerBridge (`tl_truth.load_model`).
@@ -175,6 +180,10 @@ def answer_questions(
             (`generate.ckpt.jsonl`, `extract.ckpt.jsonl`), so a killed call resumes there with
             identical results; the caller deletes them (`clear_checkpoints`) once the answers
             are saved. None: no checkpoints.
+        capture: activations captured inside generation (`tl_truth.probing.FusedCapture`):
+            its recorder's hooks run in the decode loop, and after each batch it gets the
+            batch's records, their activations and which records are final (those awaiting
+            the model's extraction are not). None: no capture.
 
     Returns:
         An `AnswerRun`: one `AnswerRecord` per answer and the summary (`located_rate` per class).
@@ -196,28 +205,47 @@ def answer_questions(
     tok = model.tokenizer
     t0 = time.perf_counter()
     ck = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    questions, n_samples = dataset.questions, config.num_samples
+    n = len(questions) * n_samples
+    verdicts: list = [None] * n  # by flat index: question * n_samples + sample
+    exacts: list = [None] * n
+    records: list = [None] * n
+    t_batch = {"grade": 0.0, "capture": 0.0}
+
+    def on_batch(pairs: list[tuple[int, Generation]], acts) -> None:
+        t = time.perf_counter()
+        done = []
+        for i, g in pairs:
+            q, f = questions[i], i * n_samples + g.sample_index
+            verdicts[f] = grade(q, g.text)
+            exacts[f] = find_exact_answer(
+                q, g.text, verdicts[f], dataset.candidates_for(q.task), locate=locate
+            )
+            records[f] = build_record(q, g, tok, exacts[f], verdicts[f])
+            done.append(f)
+        t_batch["grade"] += time.perf_counter() - t
+        if capture is not None:
+            t = time.perf_counter()
+            final = [not (extract_with_model and _needs_extraction(exacts[f])) for f in done]
+            capture.add(done, [records[f] for f in done], acts, final)
+            t_batch["capture"] += time.perf_counter() - t
+
     gens = generate(
         model,
-        dataset.questions,
+        questions,
         config,
         fmt,
         progress=progress,
         checkpoint=ck / GENERATE_CHECKPOINT if ck else None,
+        record=capture.recorder if capture is not None else None,
+        on_batch=on_batch,
     )
-    t_gen = time.perf_counter() - t0
-
-    t1 = time.perf_counter()
-    flat = [(q, g) for q, samples in zip(dataset.questions, gens, strict=False) for g in samples]
-    verdicts = [grade(q, g.text) for q, g in flat]
-    exacts = [
-        find_exact_answer(q, g.text, v, dataset.candidates_for(q.task), locate=locate)
-        for (q, g), v in zip(flat, verdicts, strict=False)
-    ]
-    t_grade = time.perf_counter() - t1
+    t_gen = time.perf_counter() - t0 - t_batch["grade"] - t_batch["capture"]
+    flat = [(q, g) for q, samples in zip(questions, gens, strict=True) for g in samples]
 
     # Model extraction only where string matching found nothing in a non-refusal.
     t2 = time.perf_counter()
-    todo = [i for i, e in enumerate(exacts) if e.source == "none" and e.reason == "no_match"]
+    todo = [i for i, e in enumerate(exacts) if _needs_extraction(e)]
     if extract_with_model and todo:
         outs = model_extractions(
             model,
@@ -236,11 +264,9 @@ def answer_questions(
                 extractor=lambda _q, _a, o=out: o,
                 locate=locate,
             )
+            records[i] = build_record(q, g, tok, exacts[i], verdicts[i])
     t_extract = time.perf_counter() - t2
 
-    records = [
-        build_record(q, g, tok, e, v) for (q, g), v, e in zip(flat, verdicts, exacts, strict=False)
-    ]
     summary = summarize(records, dataset)
     summary.update(
         locate=locate,
@@ -254,12 +280,18 @@ def answer_questions(
         },
         timings={
             "generate_s": round(t_gen, 2),
-            "grade_s": round(t_grade, 2),
+            "grade_s": round(t_batch["grade"], 2),
             "extract_s": round(t_extract, 2),
             "generate_per_answer_s": round(t_gen / max(1, len(flat)), 4),
+            **({"capture_in_generation_s": round(t_batch["capture"], 2)} if capture else {}),
         },
     )
     return AnswerRun(records, summary)
+
+
+def _needs_extraction(e: ExactAnswer) -> bool:
+    """String matching found nothing in an answer that is not a refusal: ask the model."""
+    return e.source == "none" and e.reason == "no_match"
 
 
 def relocate(
@@ -304,7 +336,7 @@ def relocate(
         find_exact_answer(q, r["answer"], v, dataset.candidates_for(q.task), locate=locate)
         for q, r, v in zip(qs, records, verdicts, strict=True)
     ]
-    todo = [i for i, e in enumerate(exacts) if e.source == "none" and e.reason == "no_match"]
+    todo = [i for i, e in enumerate(exacts) if _needs_extraction(e)]
     if extract_with_model and todo:
         outs = model_extractions(
             model, [(qs[i], records[i]["answer"]) for i in todo], batch_size, progress

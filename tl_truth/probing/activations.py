@@ -247,18 +247,7 @@ def capture(
     info = model_info(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    examples = [
-        {
-            "id": r["id"],
-            "task": r["task"],
-            "split": r["split"],
-            "correct": bool(r["correct"]),
-            "sample_index": r.get("sample_index", 0),
-            # where the named positions came from: a store made for other spans is not reused
-            "exact_span": r.get("exact_answer_token_span"),
-        }
-        for r in records
-    ]
+    examples = store_examples(records)
     n_shards = (len(records) + shard_size - 1) // shard_size
     meta = {
         "version": STORE_VERSION,
@@ -317,18 +306,39 @@ def capture(
             acts[torch.tensor(idx) - start] = got.to(dtype)
             bar.update(len(idx))
         tensors = {
-            "acts": acts.contiguous(),
-            "valid": (pos_all[start:end] >= 0).contiguous(),
+            "acts": acts,
+            "valid": pos_all[start:end] >= 0,
             "rows": torch.arange(start, end),
         }
-        final = out / shard["file"]
-        tmp = final.with_name(final.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"model_fingerprint": info.fingerprint})
-        os.replace(tmp, final)  # atomic: a killed run leaves no half-written shard
-        maybe_die("capture")
+        write_shard(out / shard["file"], tensors, {"model_fingerprint": info.fingerprint})
     bar.close()
     ranks.barrier()  # data parallel: every shard is written before anyone reads the store
     return store
+
+
+def store_examples(records: Sequence[dict]) -> list[dict]:
+    """The store metadata's entry per record: id, task, split, label, sample, exact span."""
+    return [
+        {
+            "id": r["id"],
+            "task": r["task"],
+            "split": r["split"],
+            "correct": bool(r["correct"]),
+            "sample_index": r.get("sample_index", 0),
+            # where the named positions came from: a store made for other spans is not reused
+            "exact_span": r.get("exact_answer_token_span"),
+        }
+        for r in records
+    ]
+
+
+def write_shard(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    """Write one shard atomically (a killed run leaves no half-written shard), then let
+    `TL_TRUTH_KILL_AT=capture:n` kill the process (tests)."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    maybe_die("capture")
 
 
 def _seq_len(record: dict) -> int:

@@ -34,6 +34,7 @@ from tl_truth.data.questions import QADataset
 from tl_truth.parallel import SINGLE, Ranks, current_ranks, sharded
 from tl_truth.probing.activations import ActivationStore, capture, default_hooks
 from tl_truth.probing.baselines import evaluate_baselines, logit_scores, p_true_scores
+from tl_truth.probing.fused_capture import FusedCapture
 from tl_truth.probing.grid import fit_probe_grid
 from tl_truth.studies.artefacts import EMBED_HOOK, artefact_report, method_scores
 from tl_truth.studies.main_report import ARTEFACT_KEYS, ProbeReport, fmt_value
@@ -201,8 +202,13 @@ def run_all(
     locate: Locate = "blind",
     n_perm: int = 100,
     ranks: Ranks | None = None,
+    fused_capture: bool = True,
 ) -> ProbeReport | None:
     """`tl-truth run`: everything, written to `out_dir` (reuses finished generations/shards).
+
+    Activations are captured inside generation (`FusedCapture`: the decode loop's hooks, no
+    second forward pass); answers it did not record (generations read back on a resumed run)
+    get the two-pass capture. The report's `capture` says which path served how many answers.
 
     Args:
         model: a HookedTransformer or TransformerBridge.
@@ -221,6 +227,8 @@ def run_all(
             process). Every rank calls `run_all` with the same arguments; the ranks share
             generation, extraction, capture and p(True) (same results as one process), then
             rank 0 alone fits the probes and writes the report.
+        fused_capture: capture inside generation (False, or data parallel: the two-pass
+            `capture` for all).
 
     Returns:
         The `ProbeReport` (also saved to `out_dir`); None on the ranks other than 0.
@@ -240,8 +248,8 @@ def run_all(
     ...     files = sorted(p.name for p in Path(d).iterdir())
     >>> files
     ['activations', 'generations.jsonl', 'probe_grid.png', 'report.json', 'report.md', 'summary.json']
-    >>> report.summary["n"], report.grid.hooks
-    (8, ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'])
+    >>> report.summary["n"], report.grid.hooks, report.capture["path"]
+    (8, ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'], 'fused')
     """
     out = Path(out_dir)
     ranks = ranks or SINGLE
@@ -251,18 +259,26 @@ def run_all(
         with sharded(ranks):
             t0 = time.perf_counter()
             config = config or GenerationConfig()
-            run = _answers(model, dataset, out, config, fmt, extract_with_model, progress, locate)
-            t_gen = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            store = capture(
-                model,
-                run.records,
-                out / "activations",
-                hooks=[EMBED_HOOK, *[h for h in hooks or default_hooks(model) if h != EMBED_HOOK]],
-                positions=positions,
-                progress=progress,
+            hooks = [EMBED_HOOK, *[h for h in hooks or default_hooks(model) if h != EMBED_HOOK]]
+            # capture inside generation; data parallel, the two-pass capture shares the shards
+            fused = (
+                FusedCapture(model, out / "activations", hooks, positions)
+                if fused_capture and not ranks.parallel
+                else None
             )
-            t_cap = time.perf_counter() - t1
+            run = _answers(
+                model, dataset, out, config, fmt, extract_with_model, progress, locate, fused
+            )
+            t_gen = time.perf_counter() - t0 - (fused.seconds if fused else 0.0)
+            t1 = time.perf_counter()
+            if fused is not None:
+                store = fused.finish(model, run.records, progress=progress)
+                t_cap = fused.seconds  # gathering and writing, during generation and after it
+            else:
+                store = capture(
+                    model, run.records, out / "activations", hooks, positions, progress=progress
+                )
+                t_cap = time.perf_counter() - t1
             t2 = time.perf_counter()
             if p_true and ranks.parallel:  # shared now; rank 0's report reads the checkpoints
                 judge = _test_records(run, store)
@@ -287,12 +303,20 @@ def run_all(
             **report.timings,
         }
         report.timings["baselines_s"] = round(report.timings["baselines_s"] + t_shared_p_true, 2)
+        report.capture = store.meta.get("capture") or {
+            "path": "two_pass",
+            "fused_rows": 0,
+            "two_pass_rows": len(store),
+            "two_pass_reasons": {"fused_capture_off": len(store)},
+        }
         save_report(report, out)
         clear_checkpoints(out)
         return report
 
 
-def _answers(model, dataset, out, config, fmt, extract_with_model, progress, locate) -> AnswerRun:
+def _answers(
+    model, dataset, out, config, fmt, extract_with_model, progress, locate, fused=None
+) -> AnswerRun:
     """The run's answers: generated (resuming from checkpoints), or read back and, for another
     `locate`, located again. Data parallel, every rank gets them all and rank 0 writes them."""
     ranks = current_ranks()
@@ -324,6 +348,7 @@ def _answers(model, dataset, out, config, fmt, extract_with_model, progress, loc
             progress,
             locate=locate,
             checkpoint_dir=out,
+            capture=fused,
         )
         if ranks.is_main:
             run.save(out)

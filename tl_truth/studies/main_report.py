@@ -37,6 +37,9 @@ class ProbeReport(Result):
         timings: seconds per stage.
         same_examples: every method on the test examples with an exact answer.
         artefacts: controls, permutation null, PRR (`studies.artefacts`).
+        capture: how the activations were captured: "path" ("fused": inside generation,
+            "two_pass": a second forward pass, or "mixed"), rows per path and the reasons for
+            the two-pass rows (the activation store's `meta["capture"]`).
 
     >>> import tempfile
     >>> from tl_truth.probing import ProbeGrid
@@ -63,6 +66,7 @@ class ProbeReport(Result):
     timings: dict = field(default_factory=dict)
     same_examples: dict | None = None  # every method on the test examples with an exact answer
     artefacts: dict | None = None  # controls, permutation null, PRR: `studies.artefacts`
+    capture: dict | None = None  # which capture path served how many answers
 
     result_name = "report"
     figure_name = "probe_grid"
@@ -104,6 +108,7 @@ class ProbeReport(Result):
             "same_examples": self.same_examples,
             "per_task": self.summary["per_task"],
             "timings": self.timings,
+            "capture": self.capture,
         }
 
     @classmethod
@@ -146,6 +151,7 @@ class ProbeReport(Result):
             d.get("timings") or {},
             d.get("same_examples"),
             {k: d.get(k) for k in ARTEFACT_KEYS} if d.get("controls") else None,
+            d.get("capture"),
         )
 
     def headline(self) -> list[tuple[str, str, float | None, list | None, int | None]]:
@@ -277,6 +283,15 @@ class ProbeReport(Result):
         lines += ["", "![probe grid](probe_grid.png)", ""]
         t = self.timings
         lines.append("Timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
+        c = self.capture
+        if c:
+            why = ", ".join(f"{k} {v}" for k, v in (c.get("two_pass_reasons") or {}).items())
+            lines.append(
+                f"Activations: {c['fused_rows']} answers captured inside generation, "
+                f"{c['two_pass_rows']} by a second forward pass"
+                + (f" ({why})" if why else "")
+                + "."
+            )
         return "\n".join(lines) + "\n"
 
     @property

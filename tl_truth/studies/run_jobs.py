@@ -121,6 +121,7 @@ def run_job(
         locate=probing.locate,
         n_perm=probing.n_perm,
         ranks=ranks,
+        fused_capture=probing.capture == "fused",
     )
 
 

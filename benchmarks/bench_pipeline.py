@@ -1,0 +1,122 @@
+"""`tl-truth run` end to end: pipeline time / generation time, with capture inside generation.
+
+In one process, on the same questions (SmolLM2-135M-Instruct, `make demo`'s settings on a
+small slice):
+
+(a) generation alone (`answer_questions`, no capture) and generation with the capture inside it
+    (`FusedCapture`, every hook of the run, then `finish`), alternated `--rounds` times, the
+    fastest of each kept: their difference is the capture's overhead inside generation;
+(b) `run_all` with the activations captured inside generation (the default);
+(c) `run_all` with the two-pass capture (`fused_capture=False`, the previous pipeline).
+
+It prints each pipeline's wall time over (a)'s generation time, and checks the two stores and
+AUC grids agree (max |diff| of the float16 activations, relative to their norm; max |dAUC|,
+which on a small test split is one rank flip or more: the grid moves as much when the
+float16 store is perturbed by one unit in the last place, see the README).
+
+    .venv/bin/python benchmarks/bench_pipeline.py --limit 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tl_truth.answers.generation import GenerationConfig
+from tl_truth.answers.run import answer_questions
+from tl_truth.config import parse_layers
+from tl_truth.data.load import load_questions
+from tl_truth.models import hook_name, load_model
+from tl_truth.probing.activations import ActivationStore
+from tl_truth.probing.fused_capture import FusedCapture
+from tl_truth.studies.artefacts import EMBED_HOOK
+from tl_truth.studies.main_job import run_all
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="capitals,city_country")
+    ap.add_argument("--limit", type=int, default=20, help="questions per dataset part")
+    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--layers", default="every:2")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="alternated generation timings")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_model()
+    ds = load_questions(args.dataset, args.limit)
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    layers = parse_layers(args.layers, model.cfg.n_layers)
+    hooks = [hook_name("resid_post", layer) for layer in layers]
+    # `make demo`'s settings: no model extraction, p(True), 1000 bootstraps, 100 permutations
+    common = dict(hooks=hooks, extract_with_model=False, progress=False)
+
+    # warm up: the weights are memory-mapped, the first pass pages them in
+    answer_questions(model, load_questions("capitals", 4), cfg, extract_with_model=False,
+                     progress=False)  # fmt: skip
+    runs: dict[str, list[float]] = {"alone": [], "capturing": []}
+    with tempfile.TemporaryDirectory() as d:
+        for r in range(args.rounds):
+            for name in runs:
+                fused = None
+                if name == "capturing":
+                    fused = FusedCapture(model, Path(d) / f"acts{r}", [EMBED_HOOK, *hooks])
+                t0 = time.perf_counter()
+                run = answer_questions(model, ds, cfg, extract_with_model=False, progress=False,
+                                       capture=fused)  # fmt: skip
+                if fused is not None:
+                    fused.finish(model, run.records, progress=False)
+                runs[name].append(time.perf_counter() - t0)
+                print(f"generation {name}: {runs[name][-1]:.1f} s", flush=True)
+    gen_only, gen_fused = min(runs["alone"]), min(runs["capturing"])
+
+    walls, reports, stores = {}, {}, {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, fused in (("fused", True), ("two_pass", False)):
+            t0 = time.perf_counter()
+            reports[name] = run_all(model, ds, Path(d) / name, cfg, fused_capture=fused, **common)
+            walls[name] = time.perf_counter() - t0
+            print(f"{name}: {walls[name]:.1f} s {reports[name].timings}", flush=True)
+            acts, valid = ActivationStore.open(Path(d) / name / "activations").load()
+            stores[name] = (acts, valid)
+
+    n = len(ds.questions)
+    print(
+        f"tl-truth run, {n} questions x {len(hooks) + 1} hooks x 15 positions, "
+        f"max {args.max_new_tokens} new tokens, {args.threads} threads; "
+        f"generation alone {gen_only:.1f} s"
+    )
+    for name in walls:
+        t = reports[name].timings
+        print(
+            f"  {name:<9} pipeline {walls[name]:6.1f} s = {walls[name] / gen_only:4.2f}x generation"
+            f"   (generate_s {t['generate_s']}, capture_s {t['capture_s']}, "
+            f"probe_s {t['probe_s']}, baselines_s {t['baselines_s']}, "
+            f"controls_s {t['controls_s']})"
+        )
+    overhead = gen_fused - gen_only
+    print(
+        f"  capture inside generation: {gen_fused:.1f} s against {gen_only:.1f} s alone, "
+        f"{overhead:+.1f} s ({overhead / gen_only:+.1%}; fastest of {args.rounds} alternated); "
+        f"in the fused run: gather/write {reports['fused'].timings['capture_s']} s; "
+        f"two-pass capture: {reports['two_pass'].timings['capture_s']} s"
+    )
+    (a, va), (b, vb) = stores["fused"], stores["two_pass"]
+    diff = (a - b).abs()
+    rel = (a - b).norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-6)
+    grid_a, grid_b = (np.asarray(reports[k].grid.auc, dtype=float) for k in ("fused", "two_pass"))
+    print(
+        f"  fused vs two-pass stores: same valid {bool(torch.equal(va, vb))}, "
+        f"max |diff| {float(diff.max()):.2e}, max relative {float(rel.masked_select(vb[:, None]).max()):.2e} "
+        f"(float16 store); max |dAUC| {float(np.nanmax(np.abs(grid_a - grid_b))):.4f}; "
+        f"capture path {reports['fused'].capture['path']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
