@@ -204,6 +204,7 @@ def tiny_run(tmp_path_factory):
 def _report(out):
     report = json.loads((out / "report.json").read_text())
     report.pop("timings")
+    report.pop("capture")  # which capture path served the rows (fused vs two-pass): not a result
     return report
 
 
@@ -228,6 +229,8 @@ def test_two_processes_give_the_generations_and_report_of_one(tiny_run):
     two = d / "two"
     assert (two / "generations.jsonl").read_bytes() == (d / "one/generations.jsonl").read_bytes()
     assert _report(two) == one  # every AUC, CI, baseline and control: exactly equal
+    capture = json.loads((two / "report.json").read_text())["capture"]
+    assert capture["two_pass_reasons"] == {"data_parallel": capture["two_pass_rows"]}
     assert not list(two.glob("*.ckpt.jsonl")) and not (two / LOCK_FILE).exists()
 
 

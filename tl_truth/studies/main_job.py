@@ -307,7 +307,9 @@ def run_all(
             "path": "two_pass",
             "fused_rows": 0,
             "two_pass_rows": len(store),
-            "two_pass_reasons": {"fused_capture_off": len(store)},
+            "two_pass_reasons": {
+                ("data_parallel" if ranks.parallel else "fused_capture_off"): len(store)
+            },
         }
         save_report(report, out)
         clear_checkpoints(out)
