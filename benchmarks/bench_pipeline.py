@@ -110,10 +110,17 @@ def main() -> None:
     diff = (a - b).abs()
     rel = (a - b).norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-6)
     grid_a, grid_b = (np.asarray(reports[k].grid.auc, dtype=float) for k in ("fused", "two_pass"))
+    d_auc = np.abs(grid_a - grid_b)
+    sel = {k: (reports[k].selected.get("exact") or {}) for k in reports}
     print(
         f"  fused vs two-pass stores: same valid {bool(torch.equal(va, vb))}, "
-        f"max |diff| {float(diff.max()):.2e}, max relative {float(rel.masked_select(vb[:, None]).max()):.2e} "
-        f"(float16 store); max |dAUC| {float(np.nanmax(np.abs(grid_a - grid_b))):.4f}; "
+        f"{float((a != b).float().mean()):.2%} of float16 entries differ, max |diff| "
+        f"{float(diff.max()):.2e}, max relative {float(rel.masked_select(vb[:, None]).max()):.2e}"
+        f"; AUC grid max |dAUC| {float(np.nanmax(d_auc)):.4f}, mean {float(np.nanmean(d_auc)):.4f},"
+        f" {int(np.nansum(d_auc <= 0.01))}/{int(np.sum(~np.isnan(d_auc)))} cells within 0.01; "
+        f"selected exact-answer cell {sel['fused'].get('hook')} / {sel['fused'].get('position')} "
+        f"AUC {sel['fused'].get('auc')} vs {sel['two_pass'].get('hook')} / "
+        f"{sel['two_pass'].get('position')} AUC {sel['two_pass'].get('auc')}; "
         f"capture path {reports['fused'].capture['path']}"
     )
 
