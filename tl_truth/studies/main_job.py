@@ -261,17 +261,26 @@ def run_all(
             config = config or GenerationConfig()
             hooks = [EMBED_HOOK, *[h for h in hooks or default_hooks(model) if h != EMBED_HOOK]]
             # capture inside generation; data parallel, the two-pass capture shares the shards
-            fused = (
-                FusedCapture(model, out / "activations", hooks, positions)
-                if fused_capture and not ranks.parallel
-                else None
-            )
-            run = _answers(
-                model, dataset, out, config, fmt, extract_with_model, progress, locate, fused
+            use_fused = fused_capture and not ranks.parallel
+
+            def make_fused() -> FusedCapture:  # made after a relocation has moved the old store
+                return FusedCapture(model, out / "activations", hooks, positions)
+
+            run, fused = _answers(
+                model,
+                dataset,
+                out,
+                config,
+                fmt,
+                extract_with_model,
+                progress,
+                locate,
+                make_fused if use_fused else None,
             )
             t_gen = time.perf_counter() - t0 - (fused.seconds if fused else 0.0)
             t1 = time.perf_counter()
-            if fused is not None:
+            if use_fused:
+                fused = fused or make_fused()
                 store = fused.finish(model, run.records, progress=progress)
                 t_cap = fused.seconds  # gathering and writing, during generation and after it
             else:
@@ -317,10 +326,13 @@ def run_all(
 
 
 def _answers(
-    model, dataset, out, config, fmt, extract_with_model, progress, locate, fused=None
-) -> AnswerRun:
+    model, dataset, out, config, fmt, extract_with_model, progress, locate, make_fused=None
+) -> tuple[AnswerRun, FusedCapture | None]:
     """The run's answers: generated (resuming from checkpoints), or read back and, for another
-    `locate`, located again. Data parallel, every rank gets them all and rank 0 writes them."""
+    `locate`, located again. Data parallel, every rank gets them all and rank 0 writes them.
+    With `make_fused`, generation captures too (the capture it made is returned; None when the
+    answers were read back)."""
+    fused = None
     ranks = current_ranks()
     gen_file = out / "generations.jsonl"
     if gen_file.exists() and _same_questions(gen_file, dataset):
@@ -341,6 +353,7 @@ def _answers(
                 run.save(out)
     else:
         # killed here, a re-run resumes from the batches checkpointed in `out`
+        fused = make_fused() if make_fused else None
         run = answer_questions(
             model,
             dataset,
@@ -356,7 +369,7 @@ def _answers(
             run.save(out)
             clear_checkpoints(out, [GENERATE_CHECKPOINT, EXTRACT_CHECKPOINT])
     ranks.barrier()  # what rank 0 wrote or moved is in place before capture
-    return run
+    return run, fused
 
 
 def _test_records(run: AnswerRun, store: ActivationStore) -> list:
