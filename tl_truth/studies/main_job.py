@@ -327,9 +327,7 @@ def run_all(
         t0 = time.perf_counter()
         config = config or GenerationConfig()
         hooks = [EMBED_HOOK, *[h for h in (hooks or default_hooks(model)) if h != EMBED_HOOK]]
-        fused = (
-            FusedCapture(model, out / "activations", hooks, positions) if fused_capture else None
-        )
+        fused = None  # made where generation runs, after a relocation has moved the old store
         gen_file = out / "generations.jsonl"
         if gen_file.exists() and _same_questions(gen_file, dataset):
             run = AnswerRun.load(out)  # resume: generation is the slow part
@@ -348,6 +346,8 @@ def run_all(
                 run.save(out)
         else:
             # killed here, a re-run resumes from the batches checkpointed in `out`
+            if fused_capture:
+                fused = FusedCapture(model, out / "activations", hooks, positions)
             run = answer_questions(
                 model,
                 dataset,
@@ -363,7 +363,8 @@ def run_all(
             clear_checkpoints(out, [GENERATE_CHECKPOINT, EXTRACT_CHECKPOINT])
         t_gen = time.perf_counter() - t0 - (fused.seconds if fused else 0.0)
         t1 = time.perf_counter()
-        if fused is not None:
+        if fused_capture:
+            fused = fused or FusedCapture(model, out / "activations", hooks, positions)
             store = fused.finish(model, run.records, progress=progress)
             t_cap = fused.seconds  # gathering and writing, during generation and after it
         else:
