@@ -260,3 +260,26 @@ def test_fused_and_two_pass_runs_give_the_same_grid(tmp_path):
         saved["capture"]["fused_rows"] == 32
         and "inside generation" in (tmp_path / "True" / "report.md").read_text()
     )
+
+
+def test_a_resumed_or_relocated_run_captures_what_generation_did_not_record(tmp_path):
+    """Generations read back from the output directory were not recorded: the two-pass
+    capture serves them, and the report says so."""
+    from tiny import tiny_model
+
+    from tl_truth.studies.main_job import run_all
+
+    model = tiny_model("llama", "bridge")
+    qs = [make_question(str(i), f"What is {i} + 1?", str(i + 1), "sums", "math") for i in range(6)]
+    kw = dict(n_boot=10, p_true=False, progress=False, extract_with_model=False, n_perm=0)
+    cfg = GenerationConfig(max_new_tokens=3)
+    first = run_all(model, QADataset("sums", qs), tmp_path, cfg, **kw)
+    assert first.capture["path"] == "fused"
+    moved = run_all(model, QADataset("sums", qs), tmp_path, cfg, locate="paper", **kw)
+    assert (tmp_path / "activations.locate-blind" / "meta.json").exists()
+    assert moved.capture == {
+        "path": "two_pass",
+        "fused_rows": 0,
+        "two_pass_rows": 6,
+        "two_pass_reasons": {"not_recorded": 6},
+    }
