@@ -10,7 +10,6 @@ validation questions and evaluate it once on the test questions (`select_and_tes
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from tl_truth.studies.family_setup import (
     fit_families,
     reference_direction,
 )
-from tl_truth.studies.job_setup import RUN_DIR, _in, _LazyModel, _questions, log
+from tl_truth.studies.job_setup import RUN_DIR, _in, _LazyModel, _questions, log, run_cell
 from tl_truth.studies.resampling import Resampling, SampleSet, resample
 from tl_truth.studies.run_jobs import ensure_run
 from tl_truth.studies.sample_jobs import finished_samples
@@ -147,11 +146,8 @@ def families_job(
     model = lazy.get()
     info = model_info(model)
     run_dir = Path(from_run)
+    best = run_cell(run_dir)
     store = ActivationStore.open(run_dir / "activations")
-    report = json.loads((run_dir / "report.json").read_text())
-    best = report.get("best") or report["selected"]["any"]
-    if best is None:
-        raise ValueError(f"the run in {run_dir} has no fitted probe cell (too few examples)")
     position = best["position"]
     if steering.layers is None:
         layers, head_layers = [best["layer"]], None

@@ -9,7 +9,6 @@ it shows" question and reads the probe and the answer logit. Each makes what it 
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from tl_truth.studies.job_setup import (
     _one_source,
     _questions,
     log,
+    run_cell,
     run_probe,
 )
 from tl_truth.studies.patch_study import PatchStudy, load_study, patching_study
@@ -133,11 +133,8 @@ def steer_job(
         probes = {p.layer: (p, from_probe(p))}
     else:
         run_dir = Path(from_run)
+        best = run_cell(run_dir)
         store = ActivationStore.open(run_dir / "activations")
-        report = json.loads((run_dir / "report.json").read_text())
-        best = report.get("best") or report["selected"]["any"]
-        if best is None:
-            raise ValueError(f"the run in {run_dir} has no fitted probe cell (too few examples)")
         layers = (
             [best["layer"]]
             if steering.layers is None

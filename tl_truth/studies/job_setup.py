@@ -22,6 +22,7 @@ from tl_truth.data.load import load_questions
 from tl_truth.data.questions import QADataset
 from tl_truth.models import ModelInfo, load_model
 from tl_truth.probing.probe import Probe
+from tl_truth.result_io import read_json_file
 
 # One logger for every job module: `tl-truth` prints the notes of `tl_truth.studies.jobs`.
 log = logging.getLogger("tl_truth.studies.jobs")
@@ -174,3 +175,40 @@ def _given_probe(probe: str | Path | Probe, info: ModelInfo) -> Probe:
 def _one_source(probe: Any, from_run: Any) -> None:
     if probe is not None and from_run is not None:
         raise ValueError("give at most one of --probe PATH or --from-run DIR")
+
+
+def run_cell(run_dir: str | Path) -> dict:
+    """The probe cell a `tl-truth run` selected (report.json `best`, else `selected.any`).
+
+    Args:
+        run_dir: a `tl-truth run` output directory.
+
+    Returns:
+        The cell: `hook`, `layer`, `position` and its test AUC.
+
+    Raises:
+        FileNotFoundError: no report.json / activations there (the message names the fix).
+        ValueError: the run selected no cell.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     run_cell(d)
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: ... has no report.json: give --from-run the --out directory of a finished `tl-truth run` (or make one: tl-truth run --out ...)
+    """
+    run_dir = Path(run_dir)
+    for name in ("report.json", "generations.jsonl", "activations"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(
+                f"{run_dir} has no {name}: give --from-run the --out directory of a finished "
+                f"`tl-truth run` (or make one: tl-truth run --out {run_dir})"
+            )
+    report = read_json_file(run_dir / "report.json")
+    best = report.get("best") or (report.get("selected") or {}).get("any")
+    if not best:
+        raise ValueError(
+            f"the run in {run_dir} has no selected probe cell (too few right or wrong answers "
+            "to fit one): make a run on more questions"
+        )
+    return best
