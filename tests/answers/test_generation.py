@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tl_truth.answers.generation import GenerationConfig, decode_state, generate_ids
+from tl_truth.answers.prefix_cache import shared_prefix_len
 from tl_truth.models import backend_of
 from tl_truth.testing import BACKENDS, tiny_model
 
@@ -188,8 +189,9 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path):
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
 def test_shared_prefix_decoding_equals_plain_decoding(arch):
-    """A 40-token prefix common to every prompt runs once; rows batch by equal suffix length.
-    Same tokens as the plain padded loop, log-probabilities within float tolerance."""
+    """A 40-token prefix common to every prompt runs once; each batch left-pads its suffixes after
+    it (gemma3's small local window: equal-length batches instead). Same tokens as the plain
+    padded loop, log-probabilities within float tolerance."""
     from tl_truth.answers import generation as g
 
     for backend in BACKENDS:
@@ -197,10 +199,20 @@ def test_shared_prefix_decoding_equals_plain_decoding(arch):
         prefix = [0] + [5, 9, 13, 7] * 10
         suffixes = [[20, 21], [22], [20, 23], [30, 31, 32, 33], [24], [25, 26]]
         prompts = [prefix + s for s in suffixes]
-        assert g._shared_prefix_len(prompts) == len(prefix)
+        assert shared_prefix_len(prompts) == len(prefix)
         cfg = g.GenerationConfig(max_new_tokens=6, batch_size=4)
         plain = g.generate_ids(model, prompts, cfg, progress=False)
-        shared = g.generate_ids(model, prompts, cfg, progress=False, share_prefix=True)
+        sizes = []
+        shared = g.generate_ids(
+            model,
+            prompts,
+            cfg,
+            progress=False,
+            share_prefix=True,
+            on_batch=lambda rows, res, acts, sizes=sizes: sizes.append(len(rows)),
+        )
+        # Padded batches, except where padding could reach gemma3's 16-token local window.
+        assert sizes == ([2, 3, 1] if arch == "gemma3" else [4, 2]), (arch, backend)
         for a, b in zip(plain, shared, strict=True):
             assert a[0]["answer_token_ids"] == b[0]["answer_token_ids"], (arch, backend)
             torch.testing.assert_close(

@@ -153,25 +153,33 @@ def test_left_padded_logits_match_unpadded(tiny):
 
 
 def test_p_true_scores_is_mean_of_true_letter_over_orders(tiny):
+    """Each answer's score, from batches sorted by length with shared stems run once, equals
+    two plain unpadded forwards of its own prompts, in the records' order."""
     import torch
 
     from tl_truth.answers.generation import tokenize_prompts
     from tl_truth.answers.prompts import default_format
 
-    rec = _recs_for_tiny()[0]
+    recs = _recs_for_tiny()
     tok, fmt = tiny.tokenizer, default_format(tiny)
     a, b = letter_token_ids(tok)
-    ref = []
-    for true_first in (True, False):
-        text = render_p_true_prompt(tok, fmt, rec["question"], rec["answer"], true_first)
-        ids = tokenize_prompts(tok, [text], fmt)[0]
-        assert ids.count(tok.bos_token_id) <= 1
-        with torch.no_grad():
-            logits = tiny(torch.tensor([ids]))[0, -1].float()
-        p_a = torch.softmax(logits[[a, b]], -1)[0].item()
-        ref.append(p_a if true_first else 1 - p_a)
-    got = p_true_scores(tiny, [rec], progress=False)
-    assert got[0] == pytest.approx(np.mean(ref), abs=1e-5)
+    refs = []
+    for rec in recs:
+        ref = []
+        for true_first in (True, False):
+            text = render_p_true_prompt(tok, fmt, rec["question"], rec["answer"], true_first)
+            ids = tokenize_prompts(tok, [text], fmt)[0]
+            assert ids.count(tok.bos_token_id) <= 1
+            with torch.no_grad():
+                logits = tiny(torch.tensor([ids]))[0, -1].float()
+            p_a = torch.softmax(logits[[a, b]], -1)[0].item()
+            ref.append(p_a if true_first else 1 - p_a)
+        refs.append(np.mean(ref))
+    got = p_true_scores(tiny, recs, batch_size=3, progress=False)
+    # A random tiny model's p(True) sits within 1e-4 of 0.5, so compare at 5e-7: answers differ
+    # from each other by more than that, and a shuffled order would show.
+    np.testing.assert_allclose(got, refs, atol=5e-7, rtol=0)
+    assert np.abs(np.subtract.outer(refs, refs)).max() > 4e-6
 
 
 def test_letter_tokens_must_be_single():

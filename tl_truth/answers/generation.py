@@ -28,6 +28,14 @@ from tqdm.auto import tqdm
 
 from tl_truth.answers.decode_step import _STATE, DecodeState, _stepper
 from tl_truth.answers.decode_step import decode_state as decode_state
+from tl_truth.answers.prefix_cache import (
+    MIN_SHARED_PREFIX,
+    equal_length_groups,
+    expanded_copy,
+    prefill,
+    shared_prefix_len,
+    sliding_window,
+)
 from tl_truth.answers.prompts import PromptFormat, default_format
 from tl_truth.answers.token_acts import TokenRecorder
 from tl_truth.checkpoint import JsonlCheckpoint, batches, digest
@@ -178,8 +186,9 @@ def generate_ids(
     """Decode from token-id prompts (the loop under `generate`, for prompts already tokenised).
 
     With `share_prefix`, a token prefix common to every prompt (e.g. a few-shot instruction)
-    is run once and its KV cache copied to each batch; rows are then batched by equal suffix
-    length, so nothing is padded. Same tokens as without it up to floating-point ties.
+    is run once and its KV cache copied to each batch; each batch's suffixes are left-padded
+    after it (on a local-attention model whose window the padding could reach, rows batch by
+    equal suffix length instead). Same tokens as without it up to floating-point ties.
 
     With `checkpoint`, every finished batch is appended to that JSONL file (with the sampler's
     random state), and a re-run with the same prompts, settings and model skips the batches
@@ -253,18 +262,23 @@ def generate_ids(
             "generate_ids",
             vars(cfg),
             stop_at_newline,
-            share_prefix,
+            share_prefix and "padded",  # its batches differ from the first (equal-length) ones
             model_info(model).fingerprint,
             prompt_ids,
         ),
         stage=desc,
     )
-    prefix_len = _shared_prefix_len(prompt_ids) if share_prefix and cfg.use_cache else 0
+    prefix_len = shared_prefix_len(prompt_ids) if share_prefix and cfg.use_cache else 0
+    window = sliding_window(model)
     if prefix_len < MIN_SHARED_PREFIX:
         prefix_len = 0
+    if prefix_len and window is not None and longest + cfg.max_new_tokens > window:
+        # A local-attention window counts padding too: padding between the prefix and a
+        # suffix would push real tokens out of it. Rows of equal suffix length need none.
+        groups = equal_length_groups(rows, prompt_ids, prefix_len, cfg.batch_size)
+    else:  # each batch's suffixes are left-padded after the shared prefix (prefix, pads,
+        # suffix): both backends derive positions from the mask, so the gap is invisible
         groups = [rows[start:end] for _, start, end in batches(len(rows), cfg.batch_size)]
-    else:  # rows with equal suffix lengths decode together after the shared prefix: no padding
-        groups = _equal_length_groups(rows, prompt_ids, prefix_len, cfg.batch_size)
     if ckpt.ranks.parallel and cfg.temperature > 0:
         raise ValueError(
             "data-parallel generation is greedy only (temperature 0): one process samples from "
@@ -280,8 +294,8 @@ def generate_ids(
         prefilled = None
         if prefix_len:
             if prefix_stepper is None:
-                prefix_stepper = _prefill(model, prompt_ids[0][:prefix_len], device)
-            prefilled = (_expanded_copy(prefix_stepper, len(batch_rows), device), prefix_len)
+                prefix_stepper = prefill(model, prompt_ids[0][:prefix_len], device)
+            prefilled = (expanded_copy(prefix_stepper, len(batch_rows), device), prefix_len)
         if record is not None:
             record.begin()
         with model.hooks(fwd_hooks=record.fwd_hooks()) if record else nullcontext():
@@ -321,63 +335,6 @@ def generate_ids(
     return out  # type: ignore[return-value]
 
 
-MIN_SHARED_PREFIX = 32  # below this, copying caches costs more than it saves
-
-
-def _shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
-    """Tokens every prompt starts with, leaving at least one token of each prompt after it.
-
-    >>> _shared_prefix_len([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]])
-    2
-    """
-    if not prompts:
-        return 0
-    first, n = prompts[0], min(len(p) for p in prompts) - 1
-    for p in prompts[1:]:
-        k = 0
-        while k < n and p[k] == first[k]:
-            k += 1
-        n = k
-    return max(n, 0)
-
-
-def _equal_length_groups(rows, prompt_ids, prefix_len: int, batch_size: int) -> list[list]:
-    """Rows (sorted by length) cut into batches of at most `batch_size` equal-length suffixes."""
-    groups: list[list] = []
-    for r in rows:
-        length = len(prompt_ids[r[0]]) - prefix_len
-        last = groups[-1] if groups else None
-        if last and len(last) < batch_size and len(prompt_ids[last[0][0]]) - prefix_len == length:
-            last.append(r)
-        else:
-            groups.append([r])
-    return groups
-
-
-def _prefill(model: Any, prefix: Sequence[int], device: Any):
-    """A one-row stepper whose KV cache holds `prefix`."""
-    stepper = _stepper(model, 1, True)
-    state = DecodeState(0, torch.zeros(1, dtype=torch.long, device=device),
-                        torch.tensor([len(prefix)], device=device), -1)  # fmt: skip
-    token_ = _STATE.set(state)
-    try:
-        stepper(torch.tensor([list(prefix)], device=device), torch.ones((1, len(prefix)),
-                dtype=torch.long, device=device))  # fmt: skip
-    finally:
-        _STATE.reset(token_)
-    return stepper
-
-
-def _expanded_copy(stepper: Any, rows: int, device: Any):
-    """A copy of a one-row stepper with its cache repeated `rows` times (the original kept)."""
-    import copy
-
-    twin = copy.copy(stepper)
-    twin.cache = copy.deepcopy(stepper.cache)
-    twin.expand(torch.zeros(rows, dtype=torch.long, device=device))
-    return twin
-
-
 def _shared_prompts(prompts: Sequence[Sequence[int]]) -> tuple[list, Int[Tensor, " rows"]]:
     """Consecutive identical prompts (the K samples of a question) and each row's prompt."""
     unique: list = []
@@ -405,7 +362,7 @@ def _decode_batch(
     model, prompts, cfg, stops, newline_ids, pad_id, device, gen, prefilled=None, recorder=None
 ) -> list[dict]:
     """Decode one batch. `prefilled`: (stepper, prefix length) whose cache already holds a
-    prefix shared by every row (`prompts` are then the equal-length suffixes after it).
+    prefix shared by every row (`prompts` are then the suffixes after it, left-padded).
     `recorder`: a `TokenRecorder` whose hooks are on (it needs the last token fed too)."""
     batch = len(prompts)
     # With the cache, rows that share a prompt (K samples) share one prompt pass: the cache is

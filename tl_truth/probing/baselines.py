@@ -23,9 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from tl_truth.answers.generation import tokenize_prompts
+from tl_truth.answers.prefix_cache import branched_last_logits, plain_last_logits
 from tl_truth.answers.prompts import PromptFormat, default_format
 from tl_truth.checkpoint import JsonlCheckpoint, batches, digest
-from tl_truth.models import model_device, model_info
+from tl_truth.models import model_info
 from tl_truth.probing.metrics import bootstrap_auc_ci, roc_auc
 
 LOGIT_SCORES = (
@@ -186,7 +187,6 @@ def letter_token_ids(tokenizer: Any) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
-@torch.no_grad()
 def last_token_logits(model: Any, prompts: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
     """Next-token logits [batch, vocab] after each prompt, from one left-padded masked forward.
 
@@ -203,24 +203,20 @@ def last_token_logits(model: Any, prompts: Sequence[Sequence[int]], pad_id: int)
     >>> last_token_logits(model, [[1, 5, 9], [1, 7]], pad_id=0).shape[0]
     2
     """
-    batch = len(prompts)
-    width = max(len(p) for p in prompts)
-    tokens = torch.full((batch, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((batch, width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        tokens[r, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-        mask[r, width - len(p) :] = 1
-    device = model_device(model)
-    return model(tokens.to(device), attention_mask=mask.to(device))[:, -1].float().cpu()
+    return plain_last_logits(model, prompts, pad_id)
 
 
-def _letter_probs(
-    model: Any, prompts: Sequence[Sequence[int]], letters: tuple[int, int], pad_id: int
+def _p_true_of_pairs(
+    model: Any, pairs: Sequence[tuple[list[int], list[int]]], letters: tuple[int, int], pad_id: int
 ) -> np.ndarray:
-    """p(A) from a softmax over the two letter tokens only."""
-    logits = last_token_logits(model, prompts, pad_id)
-    two = torch.softmax(logits[:, list(letters)], dim=-1)
-    return two[:, 0].numpy().astype(np.float64)
+    """Mean p(True) of each answer's two prompts ((A) True, then (A) False).
+
+    The two prompts agree up to the first option, and every prompt shares the chat header:
+    `branched_last_logits` runs each shared part once.
+    """
+    logits = torch.stack(branched_last_logits(model, [list(p) for p in pairs], pad_id))
+    p_a = torch.softmax(logits[..., list(letters)], dim=-1)[..., 0].double().numpy()
+    return (p_a[:, 0] + (1.0 - p_a[:, 1])) / 2.0
 
 
 def p_true_scores(
@@ -266,7 +262,7 @@ def p_true_scores(
     ckpt = JsonlCheckpoint(
         checkpoint,
         key=digest(
-            "p_true",
+            "p_true/shared-stems",  # batches by length since; older checkpoints are not reused
             batch_size,
             model_info(model).fingerprint,
             [(r["question"], r["answer"]) for r in records],
@@ -274,23 +270,36 @@ def p_true_scores(
         stage="p_true",
     )
 
-    def judge(rows: Sequence[Mapping[str, Any]]) -> list[float]:
-        p_true = np.zeros((2, len(rows)))  # row 0: True is (A); row 1: True is (B)
-        for k, true_first in enumerate((True, False)):
-            texts = [
-                render_p_true_prompt(tok, fmt, r["question"], r["answer"], true_first) for r in rows
-            ]
-            ids = tokenize_prompts(tok, texts, fmt)
-            p_a = _letter_probs(model, ids, letters, pad_id)
-            p_true[k] = p_a if true_first else 1.0 - p_a
-        return p_true.mean(axis=0).tolist()
+    def judge(rows: Sequence[int]) -> list[float]:
+        pairs = [
+            tuple(
+                tokenize_prompts(
+                    tok,
+                    [
+                        render_p_true_prompt(
+                            tok, fmt, records[i]["question"], records[i]["answer"], true_first
+                        )  # fmt: skip
+                        for true_first in (True, False)
+                    ],
+                    fmt,
+                )
+            )
+            for i in rows
+        ]
+        return _p_true_of_pairs(model, pairs, letters, pad_id).tolist()
 
+    # Batches of similar length pad little; the scores are put back in the records' order.
+    order = sorted(
+        range(len(records)), key=lambda i: len(records[i]["question"]) + len(records[i]["answer"])
+    )
     parts = list(batches(len(records), batch_size))
     mine = set(ckpt.pending(len(parts)))  # data parallel: this rank's share of them
     for b, start, end in tqdm(parts, desc="p(True)", disable=not progress, unit="batch"):
         if b in mine:
-            ckpt.get_or_compute(b, lambda s=start, e=end: judge(records[s:e]))
-    return np.asarray([x for item in ckpt.gather(len(parts)) for x in item], dtype=float)
+            ckpt.get_or_compute(b, lambda s=start, e=end: judge(order[s:e]))
+    scores = np.zeros(len(records))
+    scores[order] = [x for item in ckpt.gather(len(parts)) for x in item]
+    return scores
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,9 +20,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_truth.answers.decode_step import _stepper
-from tl_truth.answers.generation import _expanded_copy
 from tl_truth.answers.matching import fold_key
 from tl_truth.answers.positions import resolve_positions
+from tl_truth.answers.prefix_cache import expanded_copy
 from tl_truth.config import SLOTS
 from tl_truth.models import model_device, model_info
 from tl_truth.probing.activations import capture_batch
@@ -87,7 +87,7 @@ class _CachedContext:
     def next_logprobs(self, prefixes: Sequence[Sequence[int]]) -> Float[Tensor, "m vocab"]:
         """Log-probabilities of the token after each prefix (all of one length)."""
         tokens = torch.tensor([list(p) for p in prefixes], device=self.device)
-        twin = _expanded_copy(self.stepper, len(prefixes), self.device)
+        twin = expanded_copy(self.stepper, len(prefixes), self.device)
         return torch.log_softmax(twin(tokens, torch.ones_like(tokens))[:, -1].float(), -1).cpu()
 
     def sums(self, conts: Sequence[Sequence[int]]) -> list[float]:
@@ -105,7 +105,7 @@ class _CachedContext:
         for r, f in enumerate(feed):
             tokens[r, : len(f)] = torch.tensor(f)
             mask[r, : len(f)] = 1
-        twin = _expanded_copy(self.stepper, len(feed), self.device)
+        twin = expanded_copy(self.stepper, len(feed), self.device)
         logits = twin(tokens.to(self.device), mask.to(self.device)).float()
         logp = torch.log_softmax(logits, -1).cpu()
         for r, i in enumerate(longer):
