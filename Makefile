@@ -34,25 +34,25 @@ demo: $(STAMP)
 	$(VENV)/bin/tl-truth run $(DEMO_ARGS)
 	@echo "Report: runs/demo/report.md (report.json, probe_grid.png, best_probe.*, generations.jsonl, activations/)"
 
-# The full suite in the main environment (TL 3.9), then the backend-level tests under TL 4.x.
+# The full suite in the main environment (TL 3.9), then the backend-level tests under TL 4.x;
+# TEST_WORKERS pytest-xdist processes of one thread each (tests of one xdist_group share one).
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
 test: $(STAMP) $(STAMP4)
-	$(PY) -m pytest -q
-	$(PY4) -m pytest -q -m backend
+	$(PY) -m pytest -q $(XDIST)
+	$(PY4) -m pytest -q -m backend $(XDIST)
 
 test-unit: $(STAMP)
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q -m "not integration" $(XDIST)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tl_truth tests benchmarks tutorials
 	$(VENV)/bin/ruff format --check tl_truth tests benchmarks
 
+# Every benchmark, then one summary table (runs/bench/summary.json); run it on an idle machine.
+# bench_capture.py (capture against run_with_cache and HF hidden states) runs on its own.
 bench: $(STAMP)
-	$(PY) benchmarks/bench_generation.py
-	$(PY) benchmarks/bench_capture.py
-	$(PY) benchmarks/bench_pipeline.py
-	$(PY) benchmarks/bench_probe_grid.py
-	$(PY) benchmarks/bench_extraction.py
-	$(PY) benchmarks/bench_data_parallel.py
+	$(PY) benchmarks/run_benchmarks.py
 
 clean:
 	rm -rf $(VENV) $(VENV4) runs .pytest_cache

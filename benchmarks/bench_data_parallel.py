@@ -70,6 +70,11 @@ def main() -> None:
         f"data parallel: 2 proc x 1 thread = {rate['2x1']:.2f} q/s, 1 proc x 2 threads = "
         f"{rate['1x2']:.2f} q/s, ratio {rate['2x1'] / rate['1x2']:.2f}"
     )
+    extra = f" dp_2x1_over_1x1={rate['2x1'] / rate['1x1']:.2f}" if "1x1" in rate else ""
+    print(
+        f"SUMMARY dp_2x1_over_1x2={rate['2x1'] / rate['1x2']:.2f}{extra} "
+        f"dp_same_generations={same['1x2']}/{a.n}"
+    )
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ def main() -> None:
     for name, s in results.items():
         print(f"  {name:<28}{s:8.2f} s   {s / base:6.2f}x of tl_truth_batched")
     print(f"  same greedy tokens as tl_truth_batched: {json.dumps(agree)}")
+    decode_vs_hf = base / results["hf_generate_batched"]
 
     # K samples per prompt: one shared prompt pass per prompt vs every sample its own row.
     k = args.k
@@ -127,6 +128,11 @@ def main() -> None:
     print(f"  shared prompt pass          {t_shared:8.2f} s")
     print(f"  one prompt pass per sample  {t_rows:8.2f} s   {t_rows / t_shared:6.2f}x slower")
     print(f"  same samples: {same}")
+    print(
+        f"SUMMARY decode_vs_hf_generate={decode_vs_hf:.3f} "
+        f"same_tokens_as_hf={int(agree['hf_batched'])} shared_prompt_pass_speedup="
+        f"{t_rows / t_shared:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -120,6 +120,12 @@ def main() -> None:
         f"alternated rounds); gather/write in the fused run "
         f"{reports['fused'].timings['capture_s']} s"
     )
+    print(
+        f"SUMMARY pipeline_over_generation={walls['fused'] / gen_only:.2f} "
+        f"two_pass_pipeline_over_generation={walls['two_pass'] / gen_only:.2f} "
+        f"capture_overhead_in_generation={overhead / gen_only:+.3f} "
+        f"two_pass_capture_over_generation={best['two_pass'][0] / gen_only:.3f}"
+    )
     (a, va), (b, vb) = stores["fused"], stores["two_pass"]
     diff = (a - b).abs()
     rel = (a - b).norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-6)

@@ -1,11 +1,19 @@
 import os
 import sys
 
-import pytest
-import torch
+# No Hugging Face hub here: a name that is not a local model fails at once, not after retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `make test` runs two pytest-xdist workers on two cores: one thread each, and the same for the
+# processes they start (CLI subprocesses, notebook kernels), so nothing oversubscribes the cores.
+XDIST = "PYTEST_XDIST_WORKER" in os.environ
+if XDIST:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1 if XDIST else min(2, torch.get_num_threads()))
 
 from tiny import ARCHS, BACKENDS, tiny_model  # noqa: E402
 

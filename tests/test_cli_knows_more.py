@@ -6,13 +6,14 @@ import pytest
 
 from tl_truth.cli import main
 
-pytestmark = pytest.mark.integration
+# One xdist worker runs the whole module, so its module-scoped SmolLM2 run is made once.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("knows_more")]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("knows") / "run"
-    args = "run --dataset capitals,elements --limit 40 --layers 4,16 --max-new-tokens 24 "
+    args = "run --dataset capitals,elements --limit 24 --layers 4,16 --max-new-tokens 24 "
     args += "--positions exact_first,exact_last,last_generated "
     args += f"--no-model-extract --no-p-true --n-boot 100 --quiet --out {out}"
     assert main(args.split()) == 0
@@ -21,20 +22,20 @@ def run_dir(tmp_path_factory):
 
 def test_resample_select_patch_chain(run_dir, tmp_path, capsys):
     out = tmp_path / "knows"
-    args = f"resample --dataset capitals,elements --limit 40 --k 4 --from-run {run_dir} "
+    args = f"resample --dataset capitals,elements --limit 24 --k 4 --from-run {run_dir} "
     args += f"--no-model-extract --n-boot 100 --quiet --out {out}"
     assert main(args.split()) == 0
     lines = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(lines) == 80 * 4
+    assert len(lines) == 48 * 4
     assert {x["sample_index"] for x in lines} == {0, 1, 2, 3}
     assert all("cluster" in x and "probe_score" in x for x in lines)
     summary = json.loads((out / "resample_summary.json").read_text())
-    assert summary["k"] == 4 and summary["meta"]["greedy_reused"] == 80
+    assert summary["k"] == 4 and summary["meta"]["greedy_reused"] == 48
     # greedy answers are reused from the run, sampled answers are not all identical to them
     assert 0 <= summary["pass_at_k_greedy_wrong"] <= 1
     types = json.loads((out / "error_types.json").read_text())
     assert types["thresholds"]["k"] == 4
-    assert types["distribution"]["all"]["n"] == 80
+    assert types["distribution"]["all"]["n"] == 48
     assert set(types["probes"]) == set(types["definitions"])
 
     assert main(["select", "--out", str(out), "--n-boot", "100"]) == 0
@@ -45,7 +46,7 @@ def test_resample_select_patch_chain(run_dir, tmp_path, capsys):
     assert {"per_type", "pass_at_k"} <= set(sel)
     assert "Answer selection" in capsys.readouterr().out
     # `select --dataset` resamples first: here it finds the finished samples and scores
-    args = f"select --dataset capitals,elements --limit 40 --k 4 --from-run {run_dir} "
+    args = f"select --dataset capitals,elements --limit 24 --k 4 --from-run {run_dir} "
     args += f"--no-model-extract --n-boot 100 --quiet --out {out}"
     assert main(args.split()) == 0
     printed = capsys.readouterr().out
@@ -95,7 +96,7 @@ def test_generalize_from_run(run_dir, tmp_path):
 
 def test_generalize_runs_the_job_when_no_run_is_given(tmp_path):
     out = tmp_path / "gen"
-    args = "generalize --dataset capitals,elements --limit 24 --layers 8 --max-new-tokens 24 "
+    args = "generalize --dataset capitals,elements --limit 12 --layers 8 --max-new-tokens 24 "
     args += f"--no-model-extract --n-boot 50 --quiet --out {out}"
     assert main(args.split()) == 0
     assert (out / "report.json").exists() and (out / "activations" / "meta.json").exists()

@@ -10,7 +10,8 @@ from tl_truth.models import load_model
 from tl_truth.probing.activations import capture
 from tl_truth.probing.fused_capture import FusedCapture
 
-pytestmark = pytest.mark.integration
+# One xdist worker runs the whole module, so its module-scoped SmolLM2 run is made once.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("smollm2")]
 N = 32
 
 

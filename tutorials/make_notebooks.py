@@ -317,7 +317,7 @@ import torch
 
 import tl_truth as tt
 
-torch.set_num_threads(2)
+torch.set_num_threads(min(2, torch.get_num_threads()))  # small model, shared machine
 model = tt.load_model()
 ds = tt.load_questions("capitals,city_country", limit=60)
 run = tt.answer_questions(model, ds, tt.GenerationConfig(max_new_tokens=24),
@@ -433,7 +433,7 @@ import torch
 
 import tl_truth as tt
 
-torch.set_num_threads(2)
+torch.set_num_threads(min(2, torch.get_num_threads()))  # small model, shared machine
 model = tt.load_model()
 ds = tt.load_questions("capitals,city_country", limit=60)
 cfg = tt.GenerationConfig(max_new_tokens=24)
@@ -591,7 +591,7 @@ import torch
 
 import tl_truth as tt
 
-torch.set_num_threads(2)
+torch.set_num_threads(min(2, torch.get_num_threads()))  # small model, shared machine
 model = tt.load_model()
 ds = tt.load_questions("capitals,city_country", limit=40)
 cfg = tt.GenerationConfig(max_new_tokens=24)

@@ -5,6 +5,11 @@ that cache differently (TransformerBridge passes Hugging Face's cache object bac
 `forward`; HookedTransformer has its own), so each has a small stepper with one interface.
 While a pass runs, `decode_state()` tells a hook where the pass sits in the padded batch, so
 steering hooks can work in token positions that mean the same with and without the cache.
+
+A stepper called with `last_only=True` unembeds only the last position (on the bridge, Hugging
+Face's `logits_to_keep`, as `generate` does): the decoding loop needs no other logits, and over
+a prompt the unembedding is ~20% of a small model's forward. Hooks on the residual stream still
+see every position; a hook on the unembedding sees the last one.
 """
 
 from __future__ import annotations
@@ -55,14 +60,19 @@ class _BridgeStepper:
     def __init__(self, model: Any):
         self.model, self.cache, self.mask = model, None, None
 
-    def __call__(self, tokens: Tensor, mask: Tensor) -> Float[Tensor, "batch seq vocab"]:
+    def __call__(
+        self, tokens: Tensor, mask: Tensor, last_only: bool = False
+    ) -> Float[Tensor, "batch seq vocab"]:
         self.mask = mask if self.mask is None else torch.cat([self.mask, mask], dim=1)
+        # last_only: unembed the last position only (HF's `logits_to_keep`, as `generate`
+        # does); over a whole prompt the unembedding is ~20% of a small model's forward.
         logits, self.cache = self.model(
             tokens,
             attention_mask=self.mask,
             past_key_values=self.cache,
             use_cache=True,
             return_type="logits_and_cache",
+            **({"logits_to_keep": 1} if last_only else {}),
         )
         return logits
 
@@ -81,8 +91,10 @@ class _HookedStepper:
         self.model = model
         self.cache = TransformerLensKeyValueCache.init_cache(model.cfg, model_device(model), batch)
 
-    def __call__(self, tokens: Tensor, mask: Tensor) -> Float[Tensor, "batch seq vocab"]:
-        return self.model(tokens, attention_mask=mask, past_kv_cache=self.cache)
+    def __call__(
+        self, tokens: Tensor, mask: Tensor, last_only: bool = False
+    ) -> Float[Tensor, "batch seq vocab"]:
+        return self.model(tokens, attention_mask=mask, past_kv_cache=self.cache)  # every position
 
     def expand(self, index: Int[Tensor, " rows"]) -> None:
         for entry in self.cache.entries:
@@ -98,7 +110,9 @@ class _NoCacheStepper:
     def __init__(self, model: Any):
         self.model, self.tokens, self.mask = model, None, None
 
-    def __call__(self, tokens: Tensor, mask: Tensor) -> Float[Tensor, "batch seq vocab"]:
+    def __call__(
+        self, tokens: Tensor, mask: Tensor, last_only: bool = False
+    ) -> Float[Tensor, "batch seq vocab"]:
         self.tokens = tokens if self.tokens is None else torch.cat([self.tokens, tokens], 1)
         self.mask = mask if self.mask is None else torch.cat([self.mask, mask], 1)
         return self.model(self.tokens, attention_mask=self.mask)[:, -tokens.shape[1] :]

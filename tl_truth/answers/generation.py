@@ -389,7 +389,7 @@ def _decode_batch(
         )
         token_ = _STATE.set(state)
         try:
-            return step_fn(feed, feed_mask)[:, -1].float()
+            return step_fn(feed, feed_mask, last_only=True)[:, -1].float()
         finally:
             _STATE.reset(token_)
 
@@ -406,23 +406,24 @@ def _decode_batch(
     stop_tok: list[int | None] = [None] * batch
     done = torch.zeros(batch, dtype=torch.bool)
     for step in range(cfg.max_new_tokens):
-        logp = torch.log_softmax(logits, dim=-1).cpu()
         if cfg.temperature > 0:
             probs = torch.softmax(logits.cpu() / cfg.temperature, dim=-1)
             nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
         else:
             nxt = logits.argmax(-1).cpu()
-        for r in range(batch):
+        # log p(chosen token) = its logit - logsumexp: no full log-softmax of the vocabulary
+        chosen = logits.gather(1, nxt[:, None].to(logits.device))[:, 0]
+        chosen_logp = (chosen - torch.logsumexp(logits, dim=-1)).tolist()
+        for r, t in enumerate(nxt.tolist()):
             if done[r]:
                 continue
-            t = int(nxt[r])
             if t in stops or t in newline_ids:
                 done[r] = True
                 stop_reason[r] = "eos" if t in stops else "newline"
                 stop_tok[r] = t
                 continue
             answers[r].append(t)
-            logprobs[r].append(float(logp[r, t]))
+            logprobs[r].append(chosen_logp[r])
         if bool(done.all()) or step == cfg.max_new_tokens - 1:
             break
         # Finished rows keep decoding a pad token (masked in) so shapes stay rectangular.

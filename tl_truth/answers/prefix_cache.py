@@ -85,7 +85,7 @@ def prefill(model: Any, prefix: Sequence[int], device: Any):
     token_ = _STATE.set(state)
     try:
         stepper(torch.tensor([list(prefix)], device=device), torch.ones((1, len(prefix)),
-                dtype=torch.long, device=device))  # fmt: skip
+                dtype=torch.long, device=device), last_only=True)  # fmt: skip
     finally:
         _STATE.reset(token_)
     return stepper
@@ -171,8 +171,8 @@ def branched_last_logits(
     else:
         stepper = _stepper(model, len(groups), True)
     if any(stem_rest):
-        stepper(*_left_padded(stem_rest, pad_id, device))
+        stepper(*_left_padded(stem_rest, pad_id, device), last_only=True)
     index = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(sizes))
     stepper.expand(index.to(device))
-    logits = stepper(*_left_padded(rests, pad_id, device))[:, -1].float().cpu()
+    logits = stepper(*_left_padded(rests, pad_id, device), last_only=True)[:, -1].float().cpu()
     return list(torch.split(logits, sizes))

@@ -130,12 +130,14 @@ def _dequantised_dir(name: str, gguf_path: Path) -> Path:
     hf.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / ".complete").write_text(str(gguf_path))
-    if out.exists():  # another process won the race
+    try:
+        tmp.rename(out)
+    except OSError:  # another process (e.g. a second test worker) finished first
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.rename(out)
+        if not (out / ".complete").exists():
+            raise
     return out
 
 

@@ -80,7 +80,7 @@ class _CachedContext:
         self.model, self.device = model, model_device(model)
         self.stepper = _stepper(model, 1, True)
         ctx = torch.tensor([list(context)], device=self.device)
-        logits = self.stepper(ctx, torch.ones_like(ctx))[0, -1].float()
+        logits = self.stepper(ctx, torch.ones_like(ctx), last_only=True)[0, -1].float()
         self.first = torch.log_softmax(logits, -1).cpu()  # the next token's log-probs
         self.pad = model.tokenizer.pad_token_id or 0
 
@@ -88,7 +88,8 @@ class _CachedContext:
         """Log-probabilities of the token after each prefix (all of one length)."""
         tokens = torch.tensor([list(p) for p in prefixes], device=self.device)
         twin = expanded_copy(self.stepper, len(prefixes), self.device)
-        return torch.log_softmax(twin(tokens, torch.ones_like(tokens))[:, -1].float(), -1).cpu()
+        logits = twin(tokens, torch.ones_like(tokens), last_only=True)[:, -1]
+        return torch.log_softmax(logits.float(), -1).cpu()
 
     def sums(self, conts: Sequence[Sequence[int]]) -> list[float]:
         """Summed log-probabilities of one batch of continuations (one forward pass)."""
