@@ -197,7 +197,7 @@ def fit_probe_grid(
     shuffled_control: bool = True,
     model: ModelInfo | dict | None = None,
     progress: bool = True,
-    chunk_cells: int = 64,
+    chunk_cells: int = 8,
     tol: float = 1e-4,
     max_iter: int = 100,
 ) -> ProbeGrid:
@@ -237,7 +237,9 @@ def fit_probe_grid(
         model: the activations' `ModelInfo` (from the store if X is one), kept in the probes.
         progress: show a progress bar.
         chunk_cells: cells per batched solve; bounds memory at about
-            chunk_cells * n_train * (d + 3 * n_train) float64s.
+            chunk_cells * n_train * (d + 3 * n_train) float64s. The default keeps a chunk's
+            reduced features (~8 x 300^2 float64s) in cache across the L-BFGS iterations:
+            64 was 1.3-1.5x slower, its solves bound by memory bandwidth.
         tol: L-BFGS tolerance.
         max_iter: L-BFGS iterations (a warning counts the cells that did not converge).
 
@@ -301,8 +303,12 @@ def fit_probe_grid(
     opts = _Options(kind, tuple(Cs), cv, shuffled_control, tol, max_iter)
     parts: list[dict[str, Tensor]] = []
     n_unconverged = 0
+    # Cells grouped by position, positions by train count: a chunk's cells then (nearly) share
+    # one row count, so little padding enters the O(n_train^3) reduction.
+    by_count = torch.sort(data.n_train, stable=True).indices
+    order = (torch.arange(H)[None] * P + by_count[:, None]).flatten()
     for start in tqdm(range(0, H * P, chunk_cells), desc="probe grid", disable=not progress):
-        cells = torch.arange(start, min(start + chunk_cells, H * P))
+        cells = order[start : start + chunk_cells]
         h, p = cells // P, cells % P
         fits = _fit_chunk(data, h, p, opts)
         n_unconverged += int((fits.fitted & ~fits.converged).sum())
@@ -310,7 +316,8 @@ def fit_probe_grid(
     if n_unconverged:
         warnings.warn(f"{n_unconverged} cells did not converge; raise max_iter", stacklevel=2)
 
-    cols = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+    back = torch.argsort(order)
+    cols = {k: torch.cat([part[k] for part in parts])[back] for k in parts[0]}
     cols = {k: v.reshape(H, P, *v.shape[1:]) for k, v in cols.items()}
     tensors = ("weight", "bias", "mean", "scale", "md_weight", "md_bias")
     arrays = {k: v.numpy() for k, v in cols.items() if k not in tensors}
