@@ -32,6 +32,7 @@ from tl_truth.answers.prefix_cache import (
     MIN_SHARED_PREFIX,
     equal_length_groups,
     expanded_copy,
+    left_pad,
     prefill,
     shared_prefix_len,
     sliding_window,
@@ -346,18 +347,6 @@ def _shared_prompts(prompts: Sequence[Sequence[int]]) -> tuple[list, Int[Tensor,
     return unique, torch.tensor(index)
 
 
-def _left_pad(prompts, pad_id) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    lengths = torch.tensor([len(p) for p in prompts])
-    width = int(lengths.max())
-    pads = width - lengths
-    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        tokens[r, pads[r] :] = torch.tensor(p)
-        mask[r, pads[r] :] = 1
-    return tokens, mask, pads, lengths
-
-
 def _decode_batch(
     model, prompts, cfg, stops, newline_ids, pad_id, device, gen, prefilled=None, recorder=None
 ) -> list[dict]:
@@ -372,7 +361,7 @@ def _decode_batch(
         unique, shared = _shared_prompts(prompts)
         if len(unique) < batch:
             first, index = unique, shared
-    tokens, mask, pads0, lengths0 = _left_pad(first, pad_id)
+    tokens, mask, pads0, lengths0 = left_pad(first, pad_id)
     offset0 = 0
     if prefilled is not None:
         step_fn, offset0 = prefilled

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_truth.answers.decode_step import _STATE, DecodeState, _stepper
@@ -99,14 +99,28 @@ def expanded_copy(stepper: Any, rows: int, device: Any):
     return twin
 
 
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad_id: int
+) -> tuple[Int[Tensor, "b w"], Int[Tensor, "b w"], Int[Tensor, " b"], Int[Tensor, " b"]]:
+    """Token ids and mask of left-padded rows (CPU), each row's padding and length.
+
+    >>> tokens, mask, pads, lengths = left_pad([[5, 6], [7], []], pad_id=0)
+    >>> tokens.tolist(), mask.tolist(), pads.tolist()
+    ([[5, 6], [0, 7], [0, 0]], [[1, 1], [0, 1], [0, 0]], [0, 1, 2])
+    """
+    lengths = torch.tensor([len(p) for p in prompts])
+    width = int(lengths.max())
+    pads = width - lengths
+    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        tokens[r, pads[r] :] = torch.tensor(list(p), dtype=torch.long)
+        mask[r, pads[r] :] = 1
+    return tokens, mask, pads, lengths
+
+
 def _left_padded(seqs: Sequence[Sequence[int]], pad_id: int, device: Any):
-    width = max(len(s) for s in seqs)
-    tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        if s:
-            tokens[r, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
-            mask[r, width - len(s) :] = 1
+    tokens, mask, _, _ = left_pad(seqs, pad_id)
     return tokens.to(device), mask.to(device)
 
 

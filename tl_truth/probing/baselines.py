@@ -271,21 +271,11 @@ def p_true_scores(
     )
 
     def judge(rows: Sequence[int]) -> list[float]:
-        pairs = [
-            tuple(
-                tokenize_prompts(
-                    tok,
-                    [
-                        render_p_true_prompt(
-                            tok, fmt, records[i]["question"], records[i]["answer"], true_first
-                        )  # fmt: skip
-                        for true_first in (True, False)
-                    ],
-                    fmt,
-                )
-            )
-            for i in rows
-        ]
+        pairs = []
+        for i in rows:
+            q, a = records[i]["question"], records[i]["answer"]
+            texts = [render_p_true_prompt(tok, fmt, q, a, first) for first in (True, False)]
+            pairs.append(tokenize_prompts(tok, texts, fmt))
         return _p_true_of_pairs(model, pairs, letters, pad_id).tolist()
 
     # Batches of similar length pad little; the scores are put back in the records' order.
