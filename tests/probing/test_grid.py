@@ -288,3 +288,19 @@ def test_check_compatible_names_what_differs(probe, tmp_path):
     probe.save(tmp_path / "p")
     with pytest.raises(ValueError, match="hook"):
         Probe.load(tmp_path / "p", expect_model=INFO, expect_hook="blocks.0.hook_resid_post")
+
+
+def test_convergence_is_reported_per_cell():
+    """A cell that cannot be fit (one class) converges at once; its neighbours in the same
+    chunk, given one iteration, do not: the flags stay per cell (the unconverged warning
+    counts cells)."""
+    from tl_truth.probing import solver
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(3, 40, 10, generator=g, dtype=torch.float64)
+    y = torch.rand(3, 40, generator=g) < 0.5
+    y[0] = True
+    fold = torch.arange(40).remainder(3).expand(3, 40).clone()
+    fits = solver._fit_cells(X, y, fold, (1e-3, 1.0), 3, max_iter=1)
+    assert fits.fitted.tolist() == [False, True, True]
+    assert fits.converged.tolist() == [True, False, False]

@@ -238,7 +238,7 @@ def _cv_choose_c(
     cv_auc = batched_roc_auc(logits, y[:, None], held_out).reshape(c, n_cs, cv).nanmean(-1)
     c_index = torch.nan_to_num(cv_auc, nan=-1.0).argmax(-1)  # first best = smallest C on ties
     at_c = theta[torch.arange(c), c_index].mean(1)
-    return c_index, cv_auc, converged.all(-1), at_c
+    return c_index, cv_auc, converged, at_c
 
 
 def _refit(
