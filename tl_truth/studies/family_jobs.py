@@ -14,7 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tl_truth.answers.generation import GenerationConfig
 from tl_truth.answers.prompts import parse_format
 from tl_truth.answers.run import AnswerRun, answer_questions
 from tl_truth.config import ProbeConfig, ResampleConfig, RunOptions, SteeringConfig, parse_layers
@@ -27,10 +26,10 @@ from tl_truth.studies.family_setup import (
     fit_families,
     reference_direction,
 )
-from tl_truth.studies.job_setup import RUN_DIR, _in, _LazyModel, _questions, log, run_cell
-from tl_truth.studies.resampling import Resampling, SampleSet, resample
+from tl_truth.studies.job_setup import RUN_DIR, _in, _LazyModel, _questions, run_cell
+from tl_truth.studies.resampling import Resampling, SampleSet
 from tl_truth.studies.run_jobs import ensure_run
-from tl_truth.studies.sample_jobs import finished_samples
+from tl_truth.studies.sample_jobs import samples_in
 from tl_truth.studies.steering_protocol import (
     DEFAULT_SD_ALPHAS,
     abs_alphas,
@@ -89,30 +88,7 @@ def _contrastive_sets(
     out = Path(options.out) / CONTRASTIVE_SAMPLES_DIR
     if not len(subset):
         return [], str(out)
-    max_new = run.summary.get("generation", {}).get("max_new_tokens", options.max_new_tokens)
-    config = GenerationConfig(
-        max_new_tokens=max_new, batch_size=options.batch_size, seed=resampling.seed
-    )
-    sample_cfg = GenerationConfig(
-        **{**vars(config), "temperature": resampling.temperature, "num_samples": resampling.k}
-    )
-    res = finished_samples(out, subset, info, sample_cfg)
-    if res is None:
-        log.info(f"resampling {len(subset)} wrongly answered fit questions (K={resampling.k})")
-        res = resample(
-            model,
-            subset,
-            k=resampling.k,
-            temperature=resampling.temperature,
-            config=config,
-            fmt=parse_format(options.prompt, model),
-            greedy=run.records,
-            extract_with_model=options.model_extract,
-            progress=options.progress,
-            locate=run.summary.get("locate", "paper"),
-        )
-        res.meta["model"] = info.to_dict()
-        res.save(out)
+    res = samples_in(out, model, subset, run, options, resampling)
     return res.sets, str(out)
 
 

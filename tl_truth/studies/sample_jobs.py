@@ -30,6 +30,9 @@ from tl_truth.studies.run_jobs import ensure_run
 from tl_truth.studies.sampling_baselines import compare_with_probe
 from tl_truth.studies.selection import SelectionResult, select_answers
 
+# resample's per-batch checkpoints in its output directory (removed once samples.jsonl is saved)
+RESAMPLE_CHECKPOINTS = ("greedy.ckpt", "samples.ckpt")
+
 # ---------------------------------------------------------------------------------------------
 # resample -> error types -> select
 
@@ -139,6 +142,66 @@ def finished_samples(
     return old
 
 
+def samples_in(
+    out: str | Path,
+    model: Any,
+    dataset: QADataset,
+    run: AnswerRun,
+    options: RunOptions,
+    resampling: ResampleConfig,
+) -> Resampling:
+    """K samples per question of `dataset`, drawn like `run`'s greedy answers, kept in `out`.
+
+    Samples already in `out` for these questions, model and settings are reused; otherwise
+    they are drawn with per-batch checkpoints in `out` (a killed call resumes where it
+    stopped), saved, and the checkpoints removed. Shared by `tl-truth resample` and the
+    contrastive steering families.
+
+    Args:
+        out: the directory samples.jsonl goes to.
+        model: the model.
+        dataset: the questions to sample.
+        run: the run whose greedy answers the samples sit next to (its answer length and
+            locate rule are reused: samples must be generated like the greedy answers).
+        options: batch size, prompt format, extraction and progress settings.
+        resampling: K, the temperature and the seed.
+
+    Returns:
+        The `Resampling` (saved in `out`).
+    """
+    out = Path(out)
+    info = model_info(model)
+    max_new = run.summary.get("generation", {}).get("max_new_tokens", options.max_new_tokens)
+    config = GenerationConfig(
+        max_new_tokens=max_new, batch_size=options.batch_size, seed=resampling.seed
+    )
+    sample_cfg = GenerationConfig(
+        **{**vars(config), "temperature": resampling.temperature, "num_samples": resampling.k}
+    )
+    res = finished_samples(out, dataset, info, sample_cfg)
+    if res is not None:
+        return res
+    log.info(f"sampling {len(dataset)} questions, K={resampling.k}, into {out}")
+    res = resample(
+        model,
+        dataset,
+        k=resampling.k,
+        temperature=resampling.temperature,
+        config=config,
+        fmt=parse_format(options.prompt, model),
+        greedy=run.records,
+        extract_with_model=options.model_extract,
+        progress=options.progress,
+        locate=run.summary.get("locate", "paper"),
+        checkpoint_dir=out,
+    )
+    res.meta["model"] = info.to_dict()
+    res.save(out)  # the slow part is kept even if what follows fails
+    for sub in RESAMPLE_CHECKPOINTS:  # stored now: the checkpoints can go
+        shutil.rmtree(out / sub, ignore_errors=True)
+    return res
+
+
 def resample_job(
     options: RunOptions | None = None,
     resampling: ResampleConfig | None = None,
@@ -185,33 +248,8 @@ def resample_job(
     model = lazy.get()
     info = model_info(model)
     run = AnswerRun.load(run_dir)
-    # samples must be generated like the greedy answers they are compared with
-    max_new = run.summary.get("generation", {}).get("max_new_tokens", options.max_new_tokens)
     probe = run_probe(run_dir, info)
-    config = GenerationConfig(
-        max_new_tokens=max_new, batch_size=options.batch_size, seed=resampling.seed
-    )
-    sample_cfg = GenerationConfig(
-        **{**vars(config), "temperature": resampling.temperature, "num_samples": resampling.k}
-    )
-    res = finished_samples(out, dataset, info, sample_cfg)
-    if res is None:
-        res = resample(
-            model,
-            dataset,
-            k=resampling.k,
-            temperature=resampling.temperature,
-            config=config,
-            fmt=parse_format(options.prompt, model),
-            greedy=run.records,
-            extract_with_model=options.model_extract,
-            progress=options.progress,
-            locate=run.summary.get("locate", "paper"),
-            checkpoint_dir=out,
-        )
-        res.save(out)  # the slow part is kept even if scoring below fails
-        for sub in ("greedy.ckpt", "samples.ckpt"):  # stored now: the checkpoints can go
-            shutil.rmtree(Path(out) / sub, ignore_errors=True)
+    res = samples_in(out, model, dataset, run, options, resampling)
     cell = {"hook": probe.hook, "position": probe.position}
     flat = [r for s in res.sets for r in (s.greedy, *s.samples)]
     if res.meta.get("probe") != cell | {"from_run": str(run_dir)} or any(
