@@ -299,7 +299,7 @@ def generate_ids(
             prefilled = (expanded_copy(prefix_stepper, len(batch_rows), device), prefix_len)
         if record is not None:
             record.begin()
-        with model.hooks(fwd_hooks=record.fwd_hooks()) if record else nullcontext():
+        with record.attached(model) if record else nullcontext():
             results = _decode_batch(
                 model,
                 [prompt_ids[i][prefix_len:] for i, _ in batch_rows],

@@ -20,7 +20,8 @@ the CPU once per batch, so memory is bounded by one batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
@@ -56,6 +57,7 @@ class TokenRecorder:
         self.dtype = dtype
         self._passes: dict[int, list[Tensor | None]] = {}
         self._index: Tensor | None = None
+        self._points: tuple[int, list[Any]] | None = None  # (id(model), its hook points)
 
     def fwd_hooks(self) -> list[tuple[str, Any]]:
         """(hook name, fn) pairs for `model.hooks(fwd_hooks=...)` around one batch's decoding."""
@@ -72,6 +74,43 @@ class TokenRecorder:
             return hook
 
         return [(h, make(j)) for j, h in enumerate(self.hooks)]
+
+    @contextmanager
+    def attached(self, model: Any) -> Iterator[None]:
+        """Its hooks on `model` for one batch; on exit exactly these are removed.
+
+        The same as `model.hooks(fwd_hooks=self.fwd_hooks())`, but the hook points are looked
+        up once per model: the bridge rebuilds `hook_dict` (~8 ms) for every name it adds.
+
+        Raises:
+            KeyError: the model has no such hook point.
+
+        >>> from tl_truth.testing import tiny_model
+        >>> model = tiny_model("llama")
+        >>> rec = TokenRecorder(["blocks.0.hook_resid_post"])
+        >>> with rec.attached(model):
+        ...     inside = len(model.hook_dict["blocks.0.hook_resid_post"].fwd_hooks)
+        >>> inside, len(model.hook_dict["blocks.0.hook_resid_post"].fwd_hooks)
+        (1, 0)
+        """
+        if self._points is None or self._points[0] != id(model):
+            hook_dict = model.hook_dict
+            missing = [h for h in self.hooks if h not in hook_dict]
+            if missing:
+                raise KeyError(f"the model has no hook point(s) {missing} to record")
+            self._points = (id(model), [hook_dict[h] for h in self.hooks])
+        pairs = [
+            (point, fn) for point, (_, fn) in zip(self._points[1], self.fwd_hooks(), strict=True)
+        ]
+        try:
+            for point, fn in pairs:
+                point.add_hook(fn, dir="fwd")
+            yield
+        finally:
+            for point, fn in pairs:
+                for handle in [h for h in point.fwd_hooks if h.user_hook is fn]:
+                    handle.hook.remove()
+                    point.fwd_hooks.remove(handle)
 
     def begin(self) -> None:
         """Forget the previous batch (called before each batch decodes)."""
