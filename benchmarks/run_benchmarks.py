@@ -29,7 +29,7 @@ BENCHES: dict[str, tuple[list[str], dict]] = {
         [],
         {
             "pipeline_over_generation": ("<= 1.5", lambda v: v <= 1.5),
-            "two_pass_pipeline_over_generation": ("(before capture inside generation)", None),
+            "two_pass_pipeline_over_generation": ("(before; composed from measured parts)", None),
             "capture_overhead_in_generation": ("(fraction of generation)", None),
             "two_pass_capture_over_generation": ("(the second pass it replaces)", None),
         },
