@@ -221,3 +221,49 @@ def test_shared_prefix_decoding_equals_plain_decoding(arch):
                 atol=1e-4,
                 rtol=1e-4,
             )
+
+
+@pytest.mark.parametrize("share_prefix", [False, True], ids=["plain", "shared_prefix"])
+def test_dropping_finished_rows_keeps_every_answer(tiny, share_prefix):
+    """Rows that stop leave the batch (and its cache): the same tokens as decoding them to the
+    end with padding, log-probabilities within float tolerance, and fewer rows decoded."""
+    prefix = [0] + [5, 9, 13, 7] * 10 if share_prefix else [0]
+    prompts = [prefix + p[1:] + [k + 3] for k, p in enumerate(PROMPTS * 2)]
+    free = generate_ids(tiny, prompts, GenerationConfig(max_new_tokens=10), progress=False)
+    seqs = [a[0]["answer_token_ids"] for a in free]
+    # tokens the rows generate at different steps become stop tokens: rows stop at different steps
+    stops = tuple({s[min(len(s) - 1, 1 + i % 7)] for i, s in enumerate(seqs) if s})
+    cfg = GenerationConfig(max_new_tokens=10, batch_size=8, extra_stop_ids=stops)
+    fed: list[int] = []
+
+    def count_rows(module, args, output):
+        fed.append(output.shape[0])
+
+    full = generate_ids(tiny, prompts, cfg, progress=False, share_prefix=share_prefix)
+    embed = tiny.embed
+    handle = embed.register_forward_hook(count_rows)
+    try:
+        dropped = generate_ids(tiny, prompts, cfg, progress=False, share_prefix=share_prefix,
+                               drop_finished=True)  # fmt: skip
+    finally:
+        handle.remove()
+    lengths = [len(a[0]["answer_token_ids"]) for a in full]
+    assert len(set(lengths)) > 1, lengths  # the test needs rows that stop at different steps
+    for a, b in zip(full, dropped, strict=True):
+        assert a[0]["answer_token_ids"] == b[0]["answer_token_ids"]
+        assert a[0]["stop_reason"] == b[0]["stop_reason"]
+        torch.testing.assert_close(torch.tensor(a[0]["token_logprobs"]),
+                                   torch.tensor(b[0]["token_logprobs"]), atol=1e-4, rtol=1e-4)  # fmt: skip
+    assert min(fed) < len(prompts)  # rows did leave the batch
+
+
+def test_dropping_finished_rows_refuses_sampling_and_recording(tiny):
+    from tl_truth.answers.token_acts import TokenRecorder
+
+    sampled = GenerationConfig(max_new_tokens=3, temperature=1.0)
+    with pytest.raises(ValueError, match="greedy"):
+        generate_ids(tiny, PROMPTS, sampled, progress=False, drop_finished=True)
+    rec = TokenRecorder(["blocks.0.hook_resid_post"])
+    with pytest.raises(ValueError, match="recorder"):
+        generate_ids(tiny, PROMPTS, GenerationConfig(max_new_tokens=3), progress=False,
+                     drop_finished=True, record=rec)  # fmt: skip

@@ -183,6 +183,7 @@ def generate_ids(
     share_prefix: bool = False,
     record: TokenRecorder | None = None,
     on_batch: BatchCallback | None = None,
+    drop_finished: bool = False,
 ) -> list[list[dict]]:
     """Decode from token-id prompts (the loop under `generate`, for prompts already tokenised).
 
@@ -216,13 +217,19 @@ def generate_ids(
         share_prefix: run the prompts' common token prefix once (when >= 32 tokens).
         record: a `TokenRecorder` whose hooks run while each batch decodes (None: none).
         on_batch: called after every batch with its rows, results and recorded activations.
+        drop_finished: greedy, without `record`: rows that stopped leave the batch (and their
+            KV cache) instead of decoding padding until the longest row ends. For short
+            answers behind a long prompt (the model-based extraction) this saves most of the
+            decoding; the other rows' tokens can differ only where a changed batch size moves
+            a floating-point near-tie.
 
     Returns:
         Per prompt, K dicts (K = `config.num_samples`) with ``answer_token_ids``,
         ``token_logprobs``, ``stop_reason`` and ``stop_token_id``.
 
     Raises:
-        ValueError: an empty prompt, a prompt too long for the context, or K > 1 when greedy.
+        ValueError: an empty prompt, a prompt too long for the context, K > 1 when greedy,
+            or `drop_finished` with sampling or `record`.
 
     >>> from tl_truth.testing import tiny_model
     >>> model = tiny_model("llama")
@@ -239,6 +246,11 @@ def generate_ids(
         raise ValueError("num_samples > 1 needs temperature > 0 (greedy samples are identical)")
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("empty prompt: every prompt needs at least one token")
+    if drop_finished and (cfg.temperature > 0 or record is not None):
+        raise ValueError(
+            "drop_finished is for greedy decoding without a recorder: sampling draws one "
+            "random number per row of the batch, and the recorder needs every row's passes"
+        )
     n_ctx = getattr(model.cfg, "n_ctx", None)
     longest = max((len(p) for p in prompt_ids), default=0)
     if n_ctx and longest + cfg.max_new_tokens > n_ctx:
@@ -266,6 +278,7 @@ def generate_ids(
             share_prefix and "padded",  # its batches differ from the first (equal-length) ones
             model_info(model).fingerprint,
             prompt_ids,
+            *(["drop_finished"] if drop_finished else []),
         ),
         stage=desc,
     )
@@ -311,6 +324,7 @@ def generate_ids(
                 gen,
                 prefilled=prefilled,
                 recorder=record,
+                drop_finished=drop_finished and cfg.use_cache,
             )
         if record is not None:
             fresh[b] = record.take([len(r["answer_token_ids"]) for r in results])
@@ -348,11 +362,22 @@ def _shared_prompts(prompts: Sequence[Sequence[int]]) -> tuple[list, Int[Tensor,
 
 
 def _decode_batch(
-    model, prompts, cfg, stops, newline_ids, pad_id, device, gen, prefilled=None, recorder=None
+    model,
+    prompts,
+    cfg,
+    stops,
+    newline_ids,
+    pad_id,
+    device,
+    gen,
+    prefilled=None,
+    recorder=None,
+    drop_finished=False,
 ) -> list[dict]:
     """Decode one batch. `prefilled`: (stepper, prefix length) whose cache already holds a
     prefix shared by every row (`prompts` are then the suffixes after it, left-padded).
-    `recorder`: a `TokenRecorder` whose hooks are on (it needs the last token fed too)."""
+    `recorder`: a `TokenRecorder` whose hooks are on (it needs the last token fed too).
+    `drop_finished`: finished rows leave the stepper's batch (`live`: the rows it holds)."""
     batch = len(prompts)
     # With the cache, rows that share a prompt (K samples) share one prompt pass: the cache is
     # then repeated row-wise. Without it every pass re-runs the sequence, so rows stay rows.
@@ -394,6 +419,7 @@ def _decode_batch(
     stop_reason = ["max_tokens"] * batch
     stop_tok: list[int | None] = [None] * batch
     done = torch.zeros(batch, dtype=torch.bool)
+    live = torch.arange(batch)  # the batch rows the stepper holds (all, unless drop_finished)
     for step in range(cfg.max_new_tokens):
         if cfg.temperature > 0:
             probs = torch.softmax(logits.cpu() / cfg.temperature, dim=-1)
@@ -403,8 +429,8 @@ def _decode_batch(
         # log p(chosen token) = its logit - logsumexp: no full log-softmax of the vocabulary
         chosen = logits.gather(1, nxt[:, None].to(logits.device))[:, 0]
         chosen_logp = (chosen - torch.logsumexp(logits, dim=-1)).tolist()
-        for r, t in enumerate(nxt.tolist()):
-            if done[r]:
+        for j, (r, t) in enumerate(zip(live.tolist(), nxt.tolist(), strict=True)):
+            if done[r]:  # j: the stepper's row, r: the batch row
                 continue
             if t in stops or t in newline_ids:
                 done[r] = True
@@ -412,13 +438,21 @@ def _decode_batch(
                 stop_tok[r] = t
                 continue
             answers[r].append(t)
-            logprobs[r].append(chosen_logp[r])
+            logprobs[r].append(chosen_logp[j])
         if bool(done.all()) or step == cfg.max_new_tokens - 1:
             break
+        finished = done[live]
+        if drop_finished and int(finished.sum()) >= max(1, len(live) // 8):
+            # One index_select of the cache (a step copies it several times anyway).
+            keep = (~finished).nonzero()[:, 0]
+            step_fn.expand(keep.to(device))
+            live, nxt, finished = live[keep], nxt[keep], finished[keep]
         # Finished rows keep decoding a pad token (masked in) so shapes stay rectangular.
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        feed_mask = torch.ones((batch, 1), dtype=torch.long, device=device)
-        logits = forward(nxt[:, None].to(device), feed_mask, offset, step + 1, pads, lengths)
+        nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
+        feed_mask = torch.ones((len(live), 1), dtype=torch.long, device=device)
+        logits = forward(
+            nxt[:, None].to(device), feed_mask, offset, step + 1, pads[live], lengths[live]
+        )
         offset += 1
     if recorder is not None and cfg.max_new_tokens > 0 and not bool(done.all()):
         # Rows that ran to max_new_tokens: their last token was never fed. One more pass feeds

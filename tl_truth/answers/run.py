@@ -146,6 +146,7 @@ def model_extractions(
         desc="extract",
         checkpoint=checkpoint,
         share_prefix=share_prefix,
+        drop_finished=True,  # short answers behind a long prompt: most rows stop early
     )
     return [clean_extraction(tok.decode(r[0]["answer_token_ids"])) for r in raw]
 
