@@ -223,25 +223,30 @@ def test_shared_prefix_decoding_equals_plain_decoding(arch):
             )
 
 
-@pytest.mark.parametrize("share_prefix", [False, True], ids=["plain", "shared_prefix"])
-def test_dropping_finished_rows_keeps_every_answer(tiny, share_prefix):
-    """Rows that stop leave the batch (and its cache): the same tokens as decoding them to the
-    end with padding, log-probabilities within float tolerance, and fewer rows decoded."""
+@pytest.mark.parametrize(
+    "share_prefix, use_cache",
+    [(False, True), (True, True), (False, False)],
+    ids=["plain", "shared_prefix", "no_cache"],
+)
+def test_dropping_finished_rows_keeps_every_answer(tiny, share_prefix, use_cache):
+    """Rows that stop leave the batch (and its cache, or the no-cache path's sequence so far):
+    the same tokens as decoding them to the end with padding, log-probabilities within float
+    tolerance, and fewer rows decoded."""
     prefix = [0] + [5, 9, 13, 7] * 10 if share_prefix else [0]
     prompts = [prefix + p[1:] + [k + 3] for k, p in enumerate(PROMPTS * 2)]
     free = generate_ids(tiny, prompts, GenerationConfig(max_new_tokens=10), progress=False)
     seqs = [a[0]["answer_token_ids"] for a in free]
     # tokens the rows generate at different steps become stop tokens: rows stop at different steps
     stops = tuple({s[min(len(s) - 1, 1 + i % 7)] for i, s in enumerate(seqs) if s})
-    cfg = GenerationConfig(max_new_tokens=10, batch_size=8, extra_stop_ids=stops)
+    cfg = GenerationConfig(max_new_tokens=10, batch_size=8, extra_stop_ids=stops,
+                           use_cache=use_cache)  # fmt: skip
     fed: list[int] = []
 
     def count_rows(module, args, output):
         fed.append(output.shape[0])
 
     full = generate_ids(tiny, prompts, cfg, progress=False, share_prefix=share_prefix)
-    embed = tiny.embed
-    handle = embed.register_forward_hook(count_rows)
+    handle = tiny.embed.register_forward_hook(count_rows)
     try:
         dropped = generate_ids(tiny, prompts, cfg, progress=False, share_prefix=share_prefix,
                                drop_finished=True)  # fmt: skip

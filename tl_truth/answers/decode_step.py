@@ -117,6 +117,10 @@ class _NoCacheStepper:
         self.mask = mask if self.mask is None else torch.cat([self.mask, mask], 1)
         return self.model(self.tokens, attention_mask=self.mask)[:, -tokens.shape[1] :]
 
+    def expand(self, index: Int[Tensor, " rows"]) -> None:
+        """Keep or repeat rows (`index` into the current rows) of the sequence so far."""
+        self.tokens, self.mask = self.tokens[index], self.mask[index]
+
 
 def _stepper(model: Any, batch: int, use_cache: bool):
     if not use_cache:

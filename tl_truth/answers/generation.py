@@ -324,7 +324,7 @@ def generate_ids(
                 gen,
                 prefilled=prefilled,
                 recorder=record,
-                drop_finished=drop_finished and cfg.use_cache,
+                drop_finished=drop_finished,
             )
         if record is not None:
             fresh[b] = record.take([len(r["answer_token_ids"]) for r in results])
